@@ -1,0 +1,323 @@
+"""The rank-config JSON: which layers are low-rank, in which format and ranks.
+
+Written by search/export, read by training. Loading validates everything against the
+model and never executes code (plain ``json``).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ._io import atomic_write_json
+from .errors import ConfigError
+
+FORMAT_ID = "rank-search/rank-config"
+VERSION = 1
+LAYER_FORMATS = ("dense", "tucker2", "svd")
+RANK_KEYS = {"dense": (), "tucker2": ("rank_in", "rank_out"), "svd": ("rank",)}
+REGULARIZER_NAMES = ("none", "so", "dso", "mc", "srip")
+REGULARIZER_SCHEDULES = ("constant", "cosine", "step")
+TOP_KEYS = ("format", "version", "model", "input_size", "layers", "regularizer", "cost", "provenance")
+
+
+class CostMismatchWarning(UserWarning):
+    """The ``cost`` stored in a rank-config file differs from the recomputed one."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer's format and ranks."""
+
+    format: str
+    rank_in: int | None = None
+    rank_out: int | None = None
+    rank: int | None = None
+
+    def ranks(self) -> dict[str, int]:
+        return {k: int(getattr(self, k)) for k in RANK_KEYS[self.format]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, **self.ranks()}
+
+    @classmethod
+    def tucker2(cls, rank_in: int, rank_out: int) -> LayerSpec:
+        return cls("tucker2", rank_in=rank_in, rank_out=rank_out)
+
+    @classmethod
+    def svd(cls, rank: int) -> LayerSpec:
+        return cls("svd", rank=rank)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    """Orthogonality regularizer on the factor matrices, its weight and weight schedule."""
+
+    name: str = "dso"
+    weight: float = 1e-3
+    schedule: str = "constant"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """MACs for one sample (conv + linear), all parameters, and the dense model's MACs."""
+
+    macs: int
+    params: int
+    dense_macs: int
+
+
+@dataclass
+class RankConfig:
+    """A model, its input size and the low-rank format of each listed layer (others stay dense)."""
+
+    model: ModelSpec
+    input_size: tuple[int, int, int]
+    layers: dict[str, LayerSpec] = field(default_factory=dict)
+    regularizer: RegularizerSpec = field(default_factory=RegularizerSpec)
+    cost: Cost | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, *, seed: int | None = None, init: str = "scratch") -> nn.Module:
+        """The model with every listed layer in its low-rank form (fresh weights)."""
+        from .convert import apply_rank_config
+        from .models import create_model
+
+        model = create_model(self.model.name, num_classes=self.model.num_classes, seed=seed)
+        apply_rank_config(model, self.layers, init=init)
+        return model
+
+    def compute_cost(self) -> Cost:
+        """MACs and params of the built model and MACs of the dense model."""
+        from .convert import list_factorizable
+        from .cost import count_cost, count_params
+        from .models import create_model
+
+        dense = create_model(self.model.name, num_classes=self.model.num_classes)
+        infos = {info.name: info for info in list_factorizable(dense, self.input_size)}
+        dense_macs = sum(info.dense_macs for info in infos.values())
+        macs = dense_macs
+        for name, spec in self.layers.items():
+            macs += infos[name].macs(spec.format, spec.ranks()) - infos[name].dense_macs
+        if all(spec.format == "dense" for spec in self.layers.values()):
+            return Cost(macs, count_params(dense), dense_macs)
+        built = self.build()
+        return Cost(count_cost(built, self.input_size).macs, count_params(built), dense_macs)
+
+    def with_cost(self) -> RankConfig:
+        """A copy with ``cost`` recomputed."""
+        return RankConfig(self.model, self.input_size, dict(self.layers), self.regularizer,
+                          self.compute_cost(), dict(self.provenance))  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        cost = self.cost or self.compute_cost()
+        data: dict[str, Any] = {
+            "format": FORMAT_ID,
+            "version": VERSION,
+            "model": {"name": self.model.name, "num_classes": self.model.num_classes},
+            "input_size": list(self.input_size),
+            "layers": {name: spec.to_dict() for name, spec in self.layers.items()},
+            "regularizer": {
+                "name": self.regularizer.name,
+                "weight": self.regularizer.weight,
+                "schedule": self.regularizer.schedule,
+            },
+            "cost": {"macs": cost.macs, "params": cost.params, "dense_macs": cost.dense_macs},
+        }
+        if self.provenance:
+            data["provenance"] = self.provenance
+        return data
+
+
+# --- parsing and validation --------------------------------------------------------------------
+
+
+def _require(data: Mapping[str, Any], key: str, prefix: str = "") -> Any:
+    if key not in data:
+        raise ConfigError("missing required field", key=prefix + key)
+    return data[key]
+
+
+def _check_keys(data: Any, allowed: tuple[str, ...], prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected an object, got {type(data).__name__}", key=prefix.rstrip(".") or None)
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown}; allowed: {list(allowed)}", key=prefix.rstrip(".") or None
+        )
+
+
+def _int(value: Any, key: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"expected an integer, got {value!r}", key=key)
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"must be >= {minimum}, got {value}", key=key)
+    return value
+
+
+def _parse_model(data: Any) -> ModelSpec:
+    _check_keys(data, ("name", "num_classes"), "model.")
+    name = _require(data, "name", "model.")
+    if not isinstance(name, str):
+        raise ConfigError(f"expected a string, got {name!r}", key="model.name")
+    return ModelSpec(name, _int(data.get("num_classes", 10), "model.num_classes", 1))
+
+
+def _parse_input_size(data: Any) -> tuple[int, int, int]:
+    if not isinstance(data, list) or len(data) != 3:
+        raise ConfigError(f"expected [C, H, W], got {data!r}", key="input_size")
+    c, h, w = (_int(v, f"input_size[{i}]", 1) for i, v in enumerate(data))
+    return (c, h, w)
+
+
+def parse_layer_spec(data: Any, key: str) -> LayerSpec:
+    """Parse one ``layers`` entry (format and ranks, types only; ranges are checked later)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected an object like {{'format': 'tucker2', ...}}, got {data!r}", key=key)
+    fmt = _require(data, "format", key + ".")
+    if fmt not in LAYER_FORMATS:
+        raise ConfigError(
+            f"unknown format {fmt!r}; expected one of {list(LAYER_FORMATS)}", key=key + ".format"
+        )
+    _check_keys(data, ("format", *RANK_KEYS[fmt]), key + ".")
+    ranks = {k: _int(_require(data, k, key + "."), f"{key}.{k}", 1) for k in RANK_KEYS[fmt]}
+    return LayerSpec(fmt, **ranks)
+
+
+def _parse_regularizer(data: Any) -> RegularizerSpec:
+    _check_keys(data, ("name", "weight", "schedule"), "regularizer.")
+    name = data.get("name", "dso")
+    if name not in REGULARIZER_NAMES:
+        raise ConfigError(f"unknown regularizer {name!r}; expected one of {list(REGULARIZER_NAMES)}",
+                          key="regularizer.name")  # fmt: skip
+    weight = data.get("weight", 1e-3)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0 or weight != weight:
+        raise ConfigError(f"expected a number >= 0, got {weight!r}", key="regularizer.weight")
+    schedule = data.get("schedule", "constant")
+    if schedule not in REGULARIZER_SCHEDULES:
+        raise ConfigError(f"unknown schedule {schedule!r}; expected one of {list(REGULARIZER_SCHEDULES)}",
+                          key="regularizer.schedule")  # fmt: skip
+    return RegularizerSpec(name, float(weight), schedule)
+
+
+def _parse_cost(data: Any) -> Cost:
+    _check_keys(data, ("macs", "params", "dense_macs"), "cost.")
+    return Cost(*(_int(_require(data, k, "cost."), f"cost.{k}", 0) for k in ("macs", "params", "dense_macs")))
+
+
+def rank_config_from_dict(data: Any, *, validate: bool = True) -> RankConfig:
+    """Build a :class:`RankConfig` from parsed JSON; with ``validate``, check it against the model."""
+    _check_keys(data, TOP_KEYS, "")
+    if _require(data, "format") != FORMAT_ID:
+        raise ConfigError(f"expected {FORMAT_ID!r}, got {data['format']!r}", key="format")
+    version = _require(data, "version")
+    if version != VERSION:
+        raise ConfigError(f"unsupported version {version!r}; this rank-search reads version {VERSION}",
+                          key="version")  # fmt: skip
+    layers_data = data.get("layers", {})
+    if not isinstance(layers_data, dict):
+        raise ConfigError("expected an object mapping layer names to specs", key="layers")
+    provenance = data.get("provenance", {})
+    if not isinstance(provenance, dict):
+        raise ConfigError("expected an object", key="provenance")
+    config = RankConfig(
+        model=_parse_model(_require(data, "model")),
+        input_size=_parse_input_size(_require(data, "input_size")),
+        layers={name: parse_layer_spec(spec, f"layers.{name}") for name, spec in layers_data.items()},
+        regularizer=_parse_regularizer(data.get("regularizer", {})),
+        cost=_parse_cost(data["cost"]) if "cost" in data else None,
+        provenance=provenance,
+    )
+    if validate:
+        validate_layers(config)
+    return config
+
+
+def validate_layers(config: RankConfig) -> None:
+    """Check every layer name, format and rank against the model's factorizable layers."""
+    from .convert import close_names, list_factorizable
+    from .models import create_model
+
+    model = create_model(config.model.name, num_classes=config.model.num_classes)
+    infos = {info.name: info for info in list_factorizable(model, config.input_size)}
+    for name, spec in config.layers.items():
+        key = f"layers.{name}"
+        info = infos.get(name)
+        if info is None:
+            raise ConfigError(f"'{name}' is not a conv/linear layer of {config.model.name}; "
+                              f"{close_names(name, list(infos))}", key=key)  # fmt: skip
+        if spec.format == "dense":
+            continue
+        if not info.allows(spec.format):
+            raise ConfigError(
+                f"cannot use format '{spec.format}': {info.reasons[spec.format]}", key=key + ".format"
+            )
+        for rank_key, value in spec.ranks().items():
+            limit = info.full_ranks[spec.format][rank_key]
+            if value > limit:
+                raise ConfigError(f"{value} is above the layer's full rank {limit}", key=f"{key}.{rank_key}")
+
+
+def load_rank_config(path: str | Path) -> RankConfig:
+    """Read and validate a rank-config JSON file; ``cost`` is recomputed.
+
+    A stored cost that differs from the recomputed one is reported with a
+    :class:`CostMismatchWarning`; the returned config carries the recomputed cost.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", source=path) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=path
+        ) from None
+    try:
+        config = rank_config_from_dict(data)
+    except ConfigError as exc:
+        raise exc.with_source(path) from None
+    stored = config.cost
+    config = config.with_cost()
+    if stored is not None and stored != config.cost:
+        warnings.warn(f"{path}: key 'cost': stored {stored} differs from recomputed {config.cost}; "
+                      "using the recomputed cost", CostMismatchWarning, stacklevel=2)  # fmt: skip
+    return config
+
+
+def save_rank_config(config: RankConfig, path: str | Path) -> Path:
+    """Write ``config`` (with its cost recomputed) atomically as JSON."""
+    return atomic_write_json(path, config.with_cost().to_dict())
+
+
+def uniform_config(model_name: str, num_classes: int, input_size: tuple[int, int, int], ratio: float,
+                   names: list[str], fmt: str = "tucker2") -> RankConfig:  # fmt: skip
+    """The same rank ratio in every named layer (ranks rounded, at least 1)."""
+    from .convert import list_factorizable
+    from .models import create_model
+
+    infos = {
+        i.name: i for i in list_factorizable(create_model(model_name, num_classes=num_classes), input_size)
+    }
+    layers = {}
+    for name in names:
+        full = infos[name].full_ranks[fmt]
+        layers[name] = LayerSpec(fmt, **{k: max(1, round(v * ratio)) for k, v in full.items()})
+    return RankConfig(ModelSpec(model_name, num_classes), input_size, layers)
