@@ -1,0 +1,258 @@
+"""``rank-search analyze``: compute everything about a search directory, then write it.
+
+:func:`compute_analysis` returns an :class:`Analysis` (plain data, no files, no plotting);
+:func:`write_analysis` writes the tables, figures (PNG + PDF) and ``report.html`` into
+``DIR/analysis/`` (every file atomically) and :func:`analyze` does both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .._io import atomic_write, atomic_write_json, atomic_write_text
+from ..errors import BudgetError
+from .allocation import Allocation, allocation_vs_uniform
+from .baselines import Baselines, baselines
+from .pareto import FrontFit, FrontPrediction, fit_front, pareto_front, resolve_budget, select_at_budget
+from .redundancy import layer_sensitivity, optuna_importances, rank_distribution
+from .results import SearchResults, flat_for_csv, has_tag, learning_curves, load_search, status_counts
+from .spectra import LayerSpectrum
+
+FIGURES = ("pareto", "allocation", "redundancy", "learning_curves", "spectra")
+
+
+@dataclass
+class Analysis:
+    """Everything ``rank-search analyze`` computes about one search directory."""
+
+    results: SearchResults
+    budget_macs: int | None
+    front: pd.DataFrame
+    fit: FrontFit
+    prediction: FrontPrediction | None
+    baselines: Baselines
+    selection: pd.DataFrame
+    selection_error: str | None
+    chosen_id: str | None
+    allocation: Allocation | None
+    distribution: pd.DataFrame
+    sensitivity: pd.DataFrame
+    importance_note: str
+    importances: dict[str, float] | None
+    rungs: list[int]
+    curves: pd.DataFrame
+    spectra: list[tuple[str, list[LayerSpectrum]]] = field(default_factory=list)
+    top_fraction: float = 0.25
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return status_counts(self.results.trials)
+
+
+def _select(
+    trials: pd.DataFrame, budget: int | None, top: int
+) -> tuple[pd.DataFrame, str | None, str | None]:
+    """Top-k under the budget, an error text if none fits, and the trial to show the allocation of."""
+    if budget is not None:
+        try:
+            chosen = select_at_budget(trials, budget, top=top)
+        except BudgetError as exc:
+            return trials.iloc[0:0], str(exc), None
+        return chosen, None, str(chosen.iloc[0]["trial_id"])
+    pool = trials[trials["fully_trained"] & ~has_tag(trials, "dense")]
+    best = pool.sort_values("val_accuracy", ascending=False, kind="stable").head(1)
+    return trials.iloc[0:0], None, (str(best.iloc[0]["trial_id"]) if len(best) else None)
+
+
+def _load_spectra(runs: Sequence[str | Path]) -> list[tuple[str, list[LayerSpectrum]]]:
+    from .spectra import layer_spectra, load_run_model, run_label
+
+    return [(run_label(run), layer_spectra(load_run_model(run)[0])) for run in runs]
+
+
+def compute_analysis(
+    directory: str | Path, *, budget_fraction: float | None = None, max_macs: float | None = None,
+    runs: Sequence[str | Path] = (), top: int = 5, importance: bool = True, n_boot: int = 200,
+    top_fraction: float = 0.25,
+) -> Analysis:  # fmt: skip
+    """Load ``directory`` and compute the front, fit, selection, redundancy, curves and spectra.
+
+    The budget is ``budget_fraction`` of dense MACs or ``max_macs``; neither -> the search's own
+    ``budget_macs`` (if any).
+    """
+    results = load_search(directory)
+    trials = results.trials
+    budget = resolve_budget(results.dense_macs, fraction=budget_fraction, max_macs=max_macs)
+    if budget is None:
+        budget = results.manifest.budget_macs
+    fit = fit_front(trials, n_boot=n_boot)
+    selection, error, chosen_id = _select(trials, budget, top)
+    importances, note = optuna_importances(results.manifest) if importance else (None, "not requested")
+    planned = int(trials["epochs_planned"].max()) if len(trials) else 0
+    return Analysis(
+        results=results,
+        budget_macs=budget,
+        front=pareto_front(trials),
+        fit=fit,
+        prediction=fit.predict(budget) if budget is not None else None,
+        baselines=baselines(results),
+        selection=selection,
+        selection_error=error,
+        chosen_id=chosen_id,
+        allocation=allocation_vs_uniform(results, chosen_id) if chosen_id else None,
+        distribution=rank_distribution(trials, top_fraction),
+        sensitivity=layer_sensitivity(trials, importances=importances),
+        importance_note=note,
+        importances=importances,
+        rungs=results.manifest.asha.rungs(results.manifest.epochs_per_trial or planned),
+        curves=learning_curves(trials),
+        spectra=_load_spectra(runs),
+        top_fraction=top_fraction,
+    )
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    return atomic_write_text(path, frame.to_csv(index=False))
+
+
+def _write_tables(analysis: Analysis, out: Path) -> list[Path]:
+    trials = analysis.results.trials
+    paths = [_write_csv(flat_for_csv(trials), out / "trials.csv")]
+    if importlib.util.find_spec("pyarrow") is not None:
+        buffer = io.BytesIO()
+        try:
+            trials.to_parquet(buffer, index=False)
+        except Exception as exc:  # e.g. a sampled parameter holding both numbers and strings
+            warnings.warn(f"trials.parquet not written: {exc}", stacklevel=2)
+        else:
+            paths.append(atomic_write(out / "trials.parquet", lambda h: h.write(buffer.getvalue())))
+    base = [
+        "trial_id",
+        "optuna_trial_number",
+        "macs",
+        "macs_fraction",
+        "params",
+        "val_accuracy",
+        "epochs",
+        "tags",
+    ]
+    paths.append(_write_csv(flat_for_csv(analysis.front[base]), out / "pareto.csv"))
+    if not analysis.selection.empty:
+        paths.append(_write_csv(flat_for_csv(analysis.selection[base]), out / "top.csv"))
+    paths.append(_write_csv(analysis.sensitivity, out / "sensitivity.csv"))
+    if analysis.spectra:
+        from .spectra import spectra_table
+
+        tables = [spectra_table(s).assign(run=label) for label, s in analysis.spectra]
+        paths.append(_write_csv(pd.concat(tables, ignore_index=True), out / "spectra.csv"))
+    paths.append(atomic_write_json(out / "summary.json", summary(analysis)))
+    return paths
+
+
+def make_figures(analysis: Analysis) -> dict[str, Any]:
+    """The analysis figures by name (matplotlib Figures); absent when there is no data for one."""
+    from . import plots
+
+    planned = int(analysis.results.trials["epochs_planned"].max())
+    figures: dict[str, Any] = {
+        "pareto": plots.plot_pareto(analysis.results.trials, analysis.front, analysis.fit, analysis.baselines,
+                                    budget_macs=analysis.budget_macs, chosen_id=analysis.chosen_id),
+        "learning_curves": plots.plot_learning_curves(analysis.curves, rungs=analysis.rungs,
+                                                      epochs_planned=planned),
+    }  # fmt: skip
+    if analysis.allocation is not None:
+        figures["allocation"] = plots.plot_allocation(analysis.allocation)
+    if not analysis.distribution.empty:
+        label = f"top {analysis.top_fraction:.0%} fully trained"
+        figures["redundancy"] = plots.plot_redundancy(
+            analysis.distribution, analysis.sensitivity, top_label=label
+        )
+    if analysis.spectra:
+        figures["spectra"] = plots.plot_spectra(analysis.spectra)
+    return figures
+
+
+def write_analysis(analysis: Analysis, out_dir: str | Path | None = None) -> dict[str, list[Path]]:
+    """Write tables, figures (PNG + PDF) and ``report.html``; return the paths by kind."""
+    from .plots import save_figure
+    from .report import write_report
+
+    out = Path(out_dir) if out_dir is not None else analysis.results.directory / "analysis"
+    written: dict[str, list[Path]] = {"tables": _write_tables(analysis, out)}
+    figures = make_figures(analysis)
+    for name, fig in figures.items():
+        written[name] = save_figure(fig, out, name)
+    written["report"] = [write_report(analysis, out, [name for name in FIGURES if name in figures])]
+    return written
+
+
+def analyze(
+    directory: str | Path, *, out_dir: str | Path | None = None, **options: Any
+) -> tuple[Analysis, dict[str, list[Path]]]:
+    """:func:`compute_analysis` then :func:`write_analysis`."""
+    analysis = compute_analysis(directory, **options)
+    return analysis, write_analysis(analysis, out_dir)
+
+
+# --- key numbers --------------------------------------------------------------------------------
+
+
+def _clean(value: Any) -> Any:
+    if value is None:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _trial_summary(row: pd.Series) -> dict[str, Any]:
+    keys = ("trial_id", "optuna_trial_number", "macs", "macs_fraction", "params", "val_accuracy", "epochs")
+    out = {k: _clean(None if pd.isna(row[k]) else row[k]) for k in keys}
+    for key in ("macs", "params"):
+        out[key] = None if out[key] is None else int(out[key])
+    out["tags"] = list(row["tags"])
+    return out
+
+
+def summary(analysis: Analysis) -> dict[str, Any]:
+    """The key numbers as a JSON-able dict (also written to ``summary.json``)."""
+    base = analysis.baselines
+    uniform = base.best_uniform_at(analysis.budget_macs)
+    prediction = analysis.prediction
+    manifest = analysis.results.manifest
+    return {
+        "search_dir": str(analysis.results.directory),
+        "study": manifest.study_name,
+        "search_status": manifest.status,
+        "trials": analysis.counts,
+        "budget_macs": analysis.budget_macs,
+        "budget_fraction": _clean(analysis.budget_macs / base.dense_macs)
+        if analysis.budget_macs and base.dense_macs > 0 else None,
+        "best_at_budget": [_trial_summary(row) for _, row in analysis.selection.iterrows()],
+        "selection_error": analysis.selection_error,
+        "dense": {"macs": _clean(base.dense_macs), "val_accuracy": _clean(base.dense_accuracy),
+                  "trial_id": base.dense_trial_id},
+        "uniform_at_budget": _trial_summary(uniform) if uniform is not None else None,
+        "front_points": len(analysis.front),
+        "fit": {"ok": analysis.fit.ok, "message": analysis.fit.message},
+        "prediction_at_budget": None if prediction is None else {
+            "accuracy": _clean(prediction.accuracy), "low": _clean(prediction.low),
+            "high": _clean(prediction.high), "level": prediction.level,
+            "extrapolated": prediction.extrapolated, "message": prediction.message,
+        },
+        "importance": analysis.importance_note,
+    }  # fmt: skip

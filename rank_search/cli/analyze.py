@@ -1,0 +1,79 @@
+"""``rank-search analyze | export``: read a search directory, report on it, export the best configs."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._table import format_table, human
+
+
+def _budget_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--budget", type=float, metavar="FRACTION",
+                       help="MACs budget as a fraction of the dense model's MACs, e.g. 0.3")  # fmt: skip
+    group.add_argument("--max-macs", type=float, metavar="N", help="MACs budget as an absolute count")
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("analyze", help="tables, plots and report.html for a search directory",
+                       description="Read DIR (written by `rank-search search`, finished, running or "
+                       "interrupted) and write DIR/analysis/: trials.csv/.parquet, pareto.csv, "
+                       "figures (PNG + PDF) and report.html.")  # fmt: skip
+    p.add_argument("directory", metavar="DIR", help="search directory (with search.json)")
+    _budget_args(p, required=False)
+    p.add_argument("--run", action="append", default=[], metavar="RUN_DIR", dest="runs",
+                   help="a `rank-search train` run directory for the spectra plot (repeatable)")  # fmt: skip
+    p.add_argument("--top", type=int, default=5, help="configs listed at the budget (default 5)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default DIR/analysis)")
+    p.add_argument("--no-importance", action="store_true", help="skip Optuna fANOVA importances")
+    p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap resamples for the band")
+    p.set_defaults(run=run_analyze)
+
+    p = sub.add_parser("export", help="write the best config(s) under a MACs budget as rank-config JSON",
+                       description="Write the best fully-trained config(s) with MACs <= budget. "
+                       "With --top K>1 the k-th best goes to <stem>-k.json beside OUTPUT (best.json, "
+                       "best-2.json, ...); if OUTPUT is a folder, into it.")  # fmt: skip
+    p.add_argument("directory", metavar="DIR", help="search directory (with search.json)")
+    _budget_args(p, required=True)
+    p.add_argument("--top", type=int, default=1, metavar="K", help="export the K best (default 1)")
+    p.add_argument("-o", "--output", default="best.json", help="output file or folder (default best.json)")
+    p.set_defaults(run=run_export)
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from ..analysis.pipeline import analyze, summary
+
+    analysis, written = analyze(
+        args.directory, out_dir=args.out, budget_fraction=args.budget, max_macs=args.max_macs, runs=args.runs,
+        top=args.top, importance=not args.no_importance, n_boot=args.bootstrap,
+    )  # fmt: skip
+    info = summary(analysis)
+    counts = info["trials"]
+    print(
+        f"{counts['total']} trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "total" and v)
+    )
+    if analysis.budget_macs is not None:
+        print(f"budget: {human(analysis.budget_macs)} MACs")
+    if analysis.selection_error:
+        print(f"no config at the budget: {analysis.selection_error}")
+    elif not analysis.selection.empty:
+        rows = [(r["trial_id"], human(r["macs"]), float(r["macs_fraction"]), float(r["val_accuracy"]))
+                for _, r in analysis.selection.iterrows()]  # fmt: skip
+        print(format_table(["trial", "MACs", "fraction", "val_accuracy"], rows))
+    print(f"front: {analysis.fit.message}")
+    print(f"wrote {written['report'][0]}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..analysis.export import export_best
+    from ..analysis.pareto import resolve_budget
+    from ..analysis.results import load_search
+
+    results = load_search(args.directory)
+    budget = resolve_budget(results.dense_macs, fraction=args.budget, max_macs=args.max_macs)
+    assert budget is not None  # the argument group is required
+    for path in export_best(results, budget, args.output, top=args.top):
+        print(f"wrote {path}")
+    return 0

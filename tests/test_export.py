@@ -1,0 +1,110 @@
+"""`rank-search export` and :func:`export_best`: right trial, files, provenance, exact rebuild."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures.searchdir import T, config_dict, make_search_dir, one_torch_thread
+
+from rank_search.analysis.export import export_best, output_paths
+from rank_search.analysis.pareto import resolve_budget
+from rank_search.analysis.results import load_search
+from rank_search.cli import main
+from rank_search.config import load_rank_config, rank_config_from_dict
+from rank_search.errors import BudgetError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    yield from one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_search_dir(tmp_path_factory.mktemp("export") / "search")
+
+
+@pytest.fixture(scope="module")
+def exported(search_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The top 3 at half the dense MACs."""
+    results = load_search(search_dir)
+    budget = resolve_budget(results.dense_macs, fraction=0.5)
+    assert budget is not None
+    return export_best(results, budget, tmp_path_factory.mktemp("out") / "cfg.json", top=3)
+
+
+def test_export_best_at_budget_with_provenance(search_dir: Path, exported: list[Path]) -> None:
+    provenance = json.loads(exported[0].read_text())["provenance"]
+    assert provenance["trial_id"] == "t005"  # ties with its duplicate t006: the earlier trial
+    assert provenance["optuna_trial_number"] == 5
+    assert provenance["val_accuracy"] == 0.85 and provenance["epochs"] == 4
+    assert provenance["study"] == "fixture-study"
+    assert provenance["search_dir"] == str(search_dir.resolve())
+    dense = config_dict("dense")["cost"]["dense_macs"]
+    assert provenance["budget_macs"] == dense // 2 and provenance["place"] == 1
+
+
+def test_exported_json_rebuilds_the_trials_model_exactly(search_dir: Path, exported: list[Path]) -> None:
+    record = json.loads((search_dir / "trials" / "t005.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no CostMismatchWarning: the stored cost is exact
+        config = load_rank_config(exported[0])
+    original = rank_config_from_dict(record["rank_config"], validate=False)
+    a, b = config.build(seed=0).state_dict(), original.build(seed=0).state_dict()
+    assert [(k, tuple(v.shape)) for k, v in a.items()] == [(k, tuple(v.shape)) for k, v in b.items()]
+    assert config.layers == original.layers and config.layers["fc"].format == "svd"
+    assert config.cost is not None
+    assert config.cost.macs == record["macs"] == record["rank_config"]["cost"]["macs"]
+    assert config.cost.params == record["params"]
+
+
+def test_export_top_k_files(exported: list[Path], tmp_path: Path) -> None:
+    assert [p.name for p in exported] == ["cfg.json", "cfg-2.json", "cfg-3.json"]
+    ids = [json.loads(p.read_text())["provenance"]["trial_id"] for p in exported]
+    assert ids == ["t005", "t006", "t004"]
+    assert [json.loads(p.read_text())["provenance"]["place"] for p in exported] == [1, 2, 3]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    assert [p.name for p in output_paths(folder, 2)] == ["best.json", "best-2.json"]
+
+
+def test_budget_nobody_met_names_the_cheapest(search_dir: Path, tmp_path: Path) -> None:
+    results = load_search(search_dir)
+    with pytest.raises(BudgetError) as info:
+        export_best(results, 0.1 * results.dense_macs, tmp_path / "best.json")  # type: ignore[operator]
+    message = str(info.value)
+    assert "trial t001 (optuna #1) with 4,972,160 MACs, 0.123 of dense" in message
+    assert not (tmp_path / "best.json").exists()
+
+
+def test_cli_export_and_its_errors(
+    search_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "best.json"
+    macs = config_dict("B")["cost"]["macs"]
+    assert main(["export", str(search_dir), "--max-macs", str(macs), "-o", str(out)]) == 0
+    assert "best.json" in capsys.readouterr().out
+    assert json.loads(out.read_text())["provenance"]["trial_id"] == "t004"
+    assert main(["export", str(search_dir), "--budget", "0.01", "-o", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "t001" in err and "Traceback" not in err
+    assert main(["export", str(tmp_path / "missing"), "--budget", "0.5"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a budget is required
+        main(["export", str(search_dir)])
+
+
+def test_export_from_a_running_search_ignores_unfinished_trials(tmp_path: Path) -> None:
+    trials = [T("r1", "A", "running", acc=0.99, epochs=2, number=0), T("c1", "u0.5", acc=0.7, number=1),
+              T("c2", "B", acc=0.75, epochs=3, number=2)]  # fmt: skip
+    directory = make_search_dir(tmp_path / "running", trials, status="running")
+    results = load_search(directory)
+    [path] = export_best(results, results.dense_macs, tmp_path / "best.json")  # type: ignore[arg-type]
+    assert json.loads(path.read_text())["provenance"]["trial_id"] == "c1"
