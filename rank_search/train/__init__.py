@@ -1,0 +1,41 @@
+"""Training: :func:`fit` trains a rank config from scratch; :class:`TrainConfig` holds the settings.
+
+``rank_search.train`` never imports Ray; the search wraps :func:`fit` in a thin adapter.
+Modules: ``config`` (settings), ``loop`` (:func:`fit`, results), ``step`` (objective, optimizer,
+eager/compiled/CUDA-graph steps), ``schedule`` (learning rate and regularizer weight),
+``checkpoint`` (:class:`TrainState`), ``dprp`` (dynamic rank pruning), ``run`` (the CLI job).
+"""
+
+from __future__ import annotations
+
+from .checkpoint import TrainState, read_checkpoint
+from .config import DPRPConfig, TrainConfig, train_config_from_dict
+from .dprp import export_ranks, svd_everywhere
+from .loop import (
+    EpochStats,
+    StopTraining,
+    TrainResult,
+    evaluate,
+    fit,
+    match_dataset,
+    resolve_device,
+    round_ranks,
+)
+
+__all__ = [
+    "DPRPConfig",
+    "EpochStats",
+    "StopTraining",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "evaluate",
+    "export_ranks",
+    "fit",
+    "match_dataset",
+    "read_checkpoint",
+    "resolve_device",
+    "round_ranks",
+    "svd_everywhere",
+    "train_config_from_dict",
+]
