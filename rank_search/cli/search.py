@@ -1,0 +1,76 @@
+"""``rank-search search STUDY.yaml -o DIR``: search per-layer ranks under a MACs budget."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ._table import format_table, human
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search per-layer ranks with Ray Tune + Optuna + ASHA under a MACs budget",
+        description="Run (or --resume) a rank search described by a study YAML file. Trials run on this "
+        "machine unless --address names a Ray cluster, in which case DIR must be on storage every node sees.",
+    )
+    p.add_argument("study", help="study YAML file, or the name of one in the repo's studies/ folder")
+    p.add_argument(
+        "-o", "--out", required=True, metavar="DIR", help="output directory (trial records, best.json)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study key by dotted path, e.g. --set trials=16 --set asha.enabled=false",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue the search saved in DIR (its saved study wins)"
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="with --resume: also rerun trials that errored"
+    )
+    p.add_argument(
+        "--address", metavar="ADDR", help="join an existing Ray cluster (e.g. 'auto' or HOST:6379)"
+    )
+    p.add_argument("--verbose", action="store_true", help="show Ray's trial table and the trials' own output")
+    p.set_defaults(run=run_search_command)
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    from ..search.runner import run_search
+    from ..search.study import load_study
+
+    study = load_study(args.study, args.overrides)
+    outcome = run_search(
+        study,
+        args.out,
+        resume=args.resume,
+        address=args.address,
+        verbose=args.verbose,
+        retry_failed=args.retry_failed,
+    )
+    counts: dict[str, int] = {}
+    for record in outcome.records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(f"\nsearch {outcome.status}: {len(outcome.records)} trials ({summary})")
+    print(f"results: {outcome.out_dir} (trial records in {outcome.out_dir / 'trials'})")
+    if study.mode == "front" and outcome.front:
+        rows = [(r.trial_id, r.macs, human(r.macs), round(r.val_accuracy or 0.0, 4)) for r in outcome.front]
+        print(
+            "Pareto front of fully trained trials:\n" + format_table(["trial", "MACs", "", "val_acc"], rows)
+        )
+    if outcome.best is None or outcome.best_path is None:
+        print("no trial completed all its epochs: no best config")
+        return 1 if outcome.status == "finished" else 130
+    best = outcome.best
+    print(
+        f"best: trial {best.trial_id} val_accuracy {best.val_accuracy:.4f} at {best.macs:,} MACs "
+        f"({human(best.macs)}, {best.macs / best.dense_macs:.3f} of dense)"
+    )
+    print(f"best rank config: {outcome.best_path}")
+    return 0 if outcome.status == "finished" else 130

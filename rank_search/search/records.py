@@ -1,0 +1,111 @@
+"""Trial records: ``DIR/trials/<trial_id>.json``, one per trial, written atomically.
+
+The trainable rewrites its record after every epoch; a driver-side callback finalizes it
+when the trial completes, is stopped by ASHA, or errors. Schema (version 1)::
+
+    {"trial_id": str, "optuna_trial_number": int | null,
+     "status": "running" | "completed" | "stopped" | "failed" | "diverged",
+     "epochs": int (reached), "epochs_planned": int, "tags": ["uniform" | "dprp" | ...],
+     "rank_config": RankConfig.to_dict(), "sampled": {optuna params},
+     "macs": int, "dense_macs": int, "params": int,
+     "val_accuracy": float | null (last epoch, fraction), "best_val_accuracy": float | null,
+     "history": [{"epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs",
+                  "params", "lr"}],
+     "wall_time_s": float, "node_id": str | null, "error": str | null,
+     "projection": {"projected": bool, "scale": float, "sampled_macs": int,
+                    "sampled_layers": {layer: {"format", ranks...}}}}
+
+``projection`` is an addition: the sampled config before it was repaired onto the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_json
+
+__all__ = [
+    "FINAL_STATUSES",
+    "STATUSES",
+    "TrialRecord",
+    "read_record",
+    "read_records",
+    "record_path",
+    "write_record",
+]
+
+STATUSES = ("running", "completed", "stopped", "failed", "diverged")
+FINAL_STATUSES = ("completed", "stopped", "failed", "diverged")
+HISTORY_KEYS = ("epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs", "params", "lr")
+
+
+@dataclass
+class TrialRecord:
+    """What one trial trained, how far it got and how well it did."""
+
+    trial_id: str
+    epochs_planned: int
+    rank_config: dict[str, Any]
+    macs: int
+    dense_macs: int
+    params: int
+    optuna_trial_number: int | None = None
+    status: str = "running"
+    epochs: int = 0
+    tags: list[str] = field(default_factory=list)
+    sampled: dict[str, Any] = field(default_factory=dict)
+    val_accuracy: float | None = None
+    best_val_accuracy: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    node_id: str | None = None
+    error: str | None = None
+    projection: dict[str, Any] = field(default_factory=dict)
+
+    def add_epoch(self, entry: dict[str, Any]) -> None:
+        """Append one epoch (keys :data:`HISTORY_KEYS`) and update the accuracy fields."""
+        clean = {k: _finite(entry.get(k)) for k in HISTORY_KEYS}
+        self.history = [h for h in self.history if h["epoch"] < clean["epoch"]] + [clean]
+        self.epochs = int(clean["epoch"])
+        self.val_accuracy = clean["val_accuracy"]
+        accs = [h["val_accuracy"] for h in self.history if h["val_accuracy"] is not None]
+        self.best_val_accuracy = max(accs) if accs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def record_path(out_dir: str | Path, trial_id: str) -> Path:
+    return Path(out_dir) / "trials" / f"{trial_id}.json"
+
+
+def write_record(out_dir: str | Path, record: TrialRecord) -> Path:
+    """Atomically write ``record`` to ``DIR/trials/<trial_id>.json``."""
+    return atomic_write_json(record_path(out_dir, record.trial_id), record.to_dict())
+
+
+def read_record(path: str | Path) -> TrialRecord:
+    return TrialRecord.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def read_records(out_dir: str | Path) -> list[TrialRecord]:
+    """Every record in ``DIR/trials``, ordered by Optuna trial number then trial id."""
+    records = [read_record(p) for p in sorted((Path(out_dir) / "trials").glob("*.json"))]
+    return sorted(
+        records, key=lambda r: (r.optuna_trial_number is None, r.optuna_trial_number or 0, r.trial_id)
+    )

@@ -1,0 +1,463 @@
+"""Run a study: validate everything, then Ray Tune (trials) + Optuna (sampler) + ASHA (stopping).
+
+Output directory ``DIR`` (read by the analysis code; keep the layout)::
+
+    DIR/search.json        manifest (atomic; status running | finished | interrupted)
+    DIR/study.yaml         the resolved study (after --set, defaults filled in)
+    DIR/optuna.db          default Optuna storage (SQLite; only the driver writes)
+    DIR/ray/<study_name>/  Ray experiment (trial checkpoints; what --resume restores)
+    DIR/trials/<id>.json   one record per trial (see records.py); trials/lost/ holds records of
+                           trials a killed driver had started after Ray's last checkpoint
+    DIR/best.json          rank config of the best fully trained trial, with provenance
+
+Before anything launches: the study, space, data, budget (:class:`BudgetError` with the
+smallest reachable budget) and starting points are checked. Locally Ray is started with
+``include_dashboard=False`` and a small object store and shut down in ``finally``; with an
+address the search joins that cluster, and ``DIR`` must then be on a path every node sees.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_json, atomic_write_text
+from .._version import __version__
+from ..errors import ConfigError, RankSearchError
+from .budget import check_budget, uniform_sample
+from .records import TrialRecord, read_records
+from .space import ResolvedSpace, load_space, resolve_space
+from .study import Study, parse_study
+from .trainable import TrialSetup
+
+__all__ = ["SearchOutcome", "SearchPlan", "best_record", "pareto_front", "prepare", "run_search"]
+
+MANIFEST = "search.json"
+FORMAT_ID = "rank-search/search"
+METRIC = "val_accuracy"
+OBJECT_STORE_BYTES = 256 * 2**20
+
+
+@dataclass
+class SearchPlan:
+    """Everything a search needs, checked before launch (no Ray involved)."""
+
+    study: Study
+    out_dir: Path
+    space: ResolvedSpace
+    budget_macs: int
+    study_name: str
+    storage_url: str
+    points: list[tuple[str, dict[str, Any]]]
+    setup: TrialSetup
+
+    @property
+    def ray_path(self) -> Path:
+        return self.out_dir / "ray" / self.study_name
+
+
+@dataclass
+class SearchOutcome:
+    """What a finished (or interrupted) search produced."""
+
+    out_dir: Path
+    status: str
+    records: list[TrialRecord]
+    best: TrialRecord | None
+    best_path: Path | None
+    front: list[TrialRecord] = field(default_factory=list)
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+
+def _timestamp() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _train_settings(study: Study) -> dict[str, Any]:
+    from ..train import TrainConfig
+
+    base = TrainConfig().to_dict()
+    base.update(study.train)
+    base.update(epochs=study.epochs_per_trial, seed=study.seed)
+    return base
+
+
+def _starting_points(
+    study: Study, space: ResolvedSpace, budget_macs: int
+) -> list[tuple[str, dict[str, Any]]]:
+    from ..config import load_rank_config
+
+    points = []
+    train_defaults = {k: v for k, v in _train_settings(study).items() if isinstance(v, float)}
+    if study.starting_points.uniform:
+        points.append(
+            ("uniform", space.params(uniform_sample(space, budget_macs, train_defaults=train_defaults)))
+        )
+    for index, path in enumerate(study.config_paths()):
+        config = load_rank_config(path)
+        if config.model.name != space.model:
+            raise ConfigError(
+                f"{path} is a config of {config.model.name}, not {space.model}",
+                key=f"starting_points.configs[{index}]",
+                source=study.source,
+            )
+        sample = space.sample_from_layers(config.layers, config.regularizer, train_defaults)
+        tag = "dprp" if config.provenance.get("source") == "dprp" else "config"
+        points.append((tag, space.params(sample)))
+    return points
+
+
+def _absolute_sqlite(url: str | None) -> str | None:
+    """A SQLite URL with its path made absolute (relative to the working directory)."""
+    prefix = "sqlite:///"
+    if url is None or not url.startswith(prefix):
+        return url
+    if url.startswith(prefix + "/") or url == prefix + ":memory:":
+        return url
+    return prefix + str(Path(url[len(prefix) :]).resolve())
+
+
+def prepare(
+    study: Study, out_dir: str | Path, *, study_name: str | None = None, storage_url: str | None = None
+) -> SearchPlan:
+    """Load data, resolve the space, check the budget and starting points. Raises before launch."""
+    from ..convert import list_factorizable
+    from ..data import DataOptions, load_data
+    from ..models import create_model
+
+    out = Path(out_dir).resolve()
+    data = load_data(study.data, DataOptions(**study.data_options))
+    if data.split_size("val") == 0:
+        raise ConfigError(
+            "the search needs a validation split: set val_fraction > 0",
+            key="data_options.val_fraction",
+            source=study.source,
+        )
+    size = (int(data.input_size[0]), int(data.input_size[1]), int(data.input_size[2]))
+    infos = list_factorizable(create_model(study.model, num_classes=data.num_classes), size)
+    space = resolve_space(
+        load_space(study.space_path()), study.model, infos, num_classes=data.num_classes, input_size=size
+    )
+    budget_macs = study.budget.resolve(space.dense_macs)
+    check_budget(space, budget_macs)
+    setup = TrialSetup(
+        str(out),
+        study.model,
+        data.num_classes,
+        size,
+        study.data,
+        dict(study.data_options),
+        _train_settings(study),
+        space.dense_macs,
+        cpus=study.resources.cpu,
+    )
+    return SearchPlan(
+        study=study,
+        out_dir=out,
+        space=space,
+        budget_macs=budget_macs,
+        study_name=study_name or f"{study.name}-{_timestamp()}",
+        storage_url=storage_url or _absolute_sqlite(study.storage) or f"sqlite:///{out / 'optuna.db'}",
+        points=_starting_points(study, space, budget_macs),
+        setup=setup,
+    )
+
+
+# --- manifest -------------------------------------------------------------------------------------
+
+
+def _manifest(plan: SearchPlan, status: str, started: str, finished: str | None) -> dict[str, Any]:
+    study = plan.study
+    return {
+        "format": FORMAT_ID,
+        "version": 1,
+        "study_name": plan.study_name,
+        "storage": plan.storage_url,
+        "model": study.model,
+        "num_classes": plan.space.num_classes,
+        "input_size": list(plan.space.input_size),
+        "data": study.data,
+        "space": str(study.space_path()),
+        "mode": study.mode,
+        "sampler": study.sampler,
+        "budget_macs": plan.budget_macs,
+        "dense_macs": plan.space.dense_macs,
+        "epochs_per_trial": study.epochs_per_trial,
+        "asha": {
+            "enabled": study.asha.enabled,
+            "grace_period": study.asha.grace_period,
+            "reduction_factor": study.asha.reduction_factor,
+        },
+        "metric": METRIC,
+        "ray_path": str(plan.ray_path),
+        "status": status,
+        "started": started,
+        "finished": finished,
+        "rank_search_version": __version__,
+    }
+
+
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
+    path = Path(out_dir) / MANIFEST
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RankSearchError(f"{out_dir} holds no search ({MANIFEST} missing); nothing to resume") from None
+    return data
+
+
+def _write_study(plan: SearchPlan) -> None:
+    import yaml
+
+    data = plan.study.to_dict()
+    data["space"] = str(plan.study.space_path())
+    data["starting_points"]["configs"] = [str(p) for p in plan.study.config_paths()]
+    header = f"# resolved study of {plan.study_name} (rank-search {__version__}); paths made absolute\n"
+    text = yaml.safe_dump(data, sort_keys=False)
+    atomic_write_text(plan.out_dir / "study.yaml", header + text)
+
+
+# --- Ray ------------------------------------------------------------------------------------------
+
+
+def _init_ray(address: str | None, verbose: bool) -> bool:
+    """Start (or join) Ray unless it is running in this process; True if we must shut it down."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # experiment snapshots after every trial checkpoint are wanted (resume loses less): no warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=verbose)
+    else:
+        ray.init(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=verbose)
+    return True
+
+
+def _concurrency(study: Study) -> int:
+    import ray
+
+    if study.resources.concurrency is not None:
+        return study.resources.concurrency
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 1) / study.resources.cpu]
+    if study.resources.gpu > 0:
+        fits.append(total.get("GPU", 0) / study.resources.gpu)
+    return max(1, min(int(min(fits) + 1e-9), study.trials))
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial folder and display names (the default embeds every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _searcher(plan: SearchPlan) -> Any:
+    import optuna
+
+    from .optuna_search import RankOptunaSearch
+    from .searcher import SpaceFunction, make_sampler
+
+    study = plan.study
+    front = study.mode == "front"
+    sampler = make_sampler(study.sampler, seed=study.seed, options=study.sampler_options, trials=study.trials)
+    return RankOptunaSearch(
+        SpaceFunction(plan.space, plan.budget_macs, fill_up=not front),
+        tagged_points=plan.points,
+        max_epochs=study.epochs_per_trial,
+        metric=[METRIC, "macs"] if front else METRIC,
+        mode=["max", "min"] if front else "max",
+        sampler=sampler,
+        storage=optuna.storages.RDBStorage(plan.storage_url),
+        study_name=plan.study_name,
+    )
+
+
+def _scheduler(study: Study) -> Any:
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not study.asha.enabled:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        metric=METRIC,
+        mode="max",
+        time_attr="training_iteration",
+        max_t=study.epochs_per_trial,
+        grace_period=study.asha.grace_period,
+        reduction_factor=study.asha.reduction_factor,
+        brackets=1,
+    )
+
+
+def _trainable(plan: SearchPlan) -> Any:
+    from ray import tune
+
+    from .trainable import train_trial
+
+    resources = {"cpu": plan.study.resources.cpu, "gpu": plan.study.resources.gpu}
+    return tune.with_resources(tune.with_parameters(train_trial, setup=plan.setup), resources)
+
+
+def _new_tuner(plan: SearchPlan, verbose: bool) -> Any:
+    from ray import tune
+
+    from .callbacks import RecordCallback
+
+    study = plan.study
+    tune_config = tune.TuneConfig(
+        search_alg=_searcher(plan),
+        scheduler=_scheduler(study),
+        num_samples=study.trials,
+        max_concurrent_trials=_concurrency(study),
+        reuse_actors=True,
+        trial_name_creator=trial_dirname,
+        trial_dirname_creator=trial_dirname,
+    )
+    callback = RecordCallback(str(plan.out_dir), study.epochs_per_trial, study.trials, plan.space.dense_macs)
+    run_config = tune.RunConfig(
+        name=plan.study_name,
+        storage_path=str(plan.out_dir / "ray"),
+        failure_config=tune.FailureConfig(max_failures=0),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[callback],
+        verbose=1 if verbose else 0,
+    )
+    return tune.Tuner(_trainable(plan), tune_config=tune_config, run_config=run_config)
+
+
+def _restored_tuner(plan: SearchPlan, retry_failed: bool) -> Any:
+    from ray import tune
+
+    path = str(plan.ray_path)
+    if not tune.Tuner.can_restore(path):
+        raise RankSearchError(
+            f"Ray saved no experiment state under {path} yet; start the search again "
+            "without --resume (in a new output directory)"
+        )
+    return tune.Tuner.restore(path, trainable=_trainable(plan), resume_errored=retry_failed)
+
+
+def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
+    """Optuna trials left RUNNING by a killed driver (never run by Ray) are marked FAIL."""
+    import optuna
+
+    study = optuna.load_study(study_name=plan.study_name, storage=plan.storage_url)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+# --- results --------------------------------------------------------------------------------------
+
+
+def best_record(records: list[TrialRecord], budget_macs: int) -> TrialRecord | None:
+    """The fully trained trial with the highest final val_accuracy (ties: fewer MACs)."""
+    done = [
+        r for r in records if r.status == "completed" and r.val_accuracy is not None and r.macs <= budget_macs
+    ]
+    return max(done, key=lambda r: (r.val_accuracy, -r.macs), default=None)
+
+
+def pareto_front(records: list[TrialRecord], budget_macs: int) -> list[TrialRecord]:
+    """Fully trained trials not beaten on both val_accuracy (max) and MACs (min), by MACs."""
+    done = [
+        r for r in records if r.status == "completed" and r.val_accuracy is not None and r.macs <= budget_macs
+    ]
+    front: list[TrialRecord] = []
+    for record in sorted(done, key=lambda r: (r.macs, -(r.val_accuracy or 0))):
+        if not front or (record.val_accuracy or 0) > (front[-1].val_accuracy or 0):
+            front.append(record)
+    return front
+
+
+def _export_best(plan: SearchPlan, best: TrialRecord) -> Path:
+    from ..config import rank_config_from_dict, save_rank_config
+
+    config = rank_config_from_dict(best.rank_config)
+    config.provenance = {
+        **config.provenance,
+        "source": "rank-search search",
+        "study": plan.study.name,
+        "study_name": plan.study_name,
+        "search_dir": str(plan.out_dir),
+        "trial_id": best.trial_id,
+        "optuna_trial_number": best.optuna_trial_number,
+        "val_accuracy": best.val_accuracy,
+        "epochs": best.epochs,
+        "mode": plan.study.mode,
+        "budget_macs": plan.budget_macs,
+        "tags": best.tags,
+    }
+    return save_rank_config(config, plan.out_dir / "best.json")
+
+
+def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
+    records = read_records(plan.out_dir)
+    best = best_record(records, plan.budget_macs)
+    best_path = _export_best(plan, best) if best is not None else None
+    return SearchOutcome(
+        plan.out_dir, status, records, best, best_path, pareto_front(records, plan.budget_macs)
+    )
+
+
+# --- entry point ----------------------------------------------------------------------------------
+
+
+def _plan_for(study: Study, out: Path, resume: bool) -> tuple[SearchPlan, str]:
+    """A new plan, or the saved one when resuming (the saved study wins)."""
+    if resume:
+        manifest = read_manifest(out)
+        import yaml
+
+        saved = yaml.safe_load((out / "study.yaml").read_text(encoding="utf-8"))
+        saved_study = parse_study(saved, source=str(out / "study.yaml"))
+        plan = prepare(saved_study, out, study_name=manifest["study_name"], storage_url=manifest["storage"])
+        return plan, str(manifest.get("started") or _now())
+    if (out / MANIFEST).exists():
+        raise RankSearchError(f"{out} already holds a search; continue it with --resume or choose another -o")
+    return prepare(study, out), _now()
+
+
+def run_search(
+    study: Study,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: bool = False,
+    retry_failed: bool = False,
+) -> SearchOutcome:
+    """Run (or resume) ``study`` with results in ``out_dir``; see the module docstring."""
+    out = Path(out_dir).resolve()
+    plan, started = _plan_for(study, out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _write_study(plan)
+    atomic_write_json(out / MANIFEST, _manifest(plan, "running", started, None))
+    status = "interrupted"
+    shutdown = _init_ray(address, verbose)
+    try:
+        tuner = _restored_tuner(plan, retry_failed) if resume else _new_tuner(plan, verbose)
+        results = tuner.fit()
+        ended = results.num_terminated + results.num_errors
+        status = "finished" if ended >= plan.study.trials else "interrupted"
+        if status == "finished":
+            _fail_orphaned_optuna_trials(plan)
+        outcome = _finish(plan, status)
+    finally:
+        atomic_write_json(out / MANIFEST, _manifest(plan, status, started, _now()))
+        if shutdown:
+            import ray
+
+            ray.shutdown()
+    return outcome

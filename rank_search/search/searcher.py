@@ -1,0 +1,103 @@
+"""The Optuna side of a search: the define-by-run space function, samplers and the searcher.
+
+:class:`SpaceFunction` is what ``OptunaSearch`` calls for every new trial: it samples the
+resolved space, projects the sample onto the budget (:func:`.budget.project`) and returns the
+trial's plan as constants merged into the Ray config under :data:`CONFIG_KEY`. It is a
+module-level class (the searcher is pickled into Ray's experiment checkpoints).
+
+:class:`.optuna_search.RankOptunaSearch` (a separate module, as it imports Ray) adds to
+``OptunaSearch``: tagged starting points (enqueued with a ``tag`` user attribute) and honest
+trial states: an error is FAIL; a trial ASHA stopped before ``max_epochs`` is PRUNED (single
+objective: Optuna keeps its last intermediate value; both modes: it stays off
+``study.best_trials``); ``epochs`` is stored as a user attribute.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import LayerSpec
+from ..errors import ConfigError
+from .budget import project
+from .space import ResolvedSpace
+
+__all__ = ["CONFIG_KEY", "FAULT_ENV", "TAG_ATTR", "SpaceFunction", "make_sampler"]
+
+CONFIG_KEY = "rank_search"
+TAG_ATTR = "rank_search_tag"
+FAULT_ENV = "RANK_SEARCH_TEST_FAULTS"
+"""Test hook, read in the driver: ``"2:diverge,5:error"`` makes those Optuna trial numbers fail."""
+
+
+def _injected_fault(number: int) -> str | None:
+    for item in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        index, _, kind = item.partition(":")
+        if index.strip() == str(number):
+            return kind.strip() or "error"
+    return None
+
+
+@dataclass
+class SpaceFunction:
+    """Define-by-run space: sample, project onto the budget, return the trial's plan."""
+
+    space: ResolvedSpace
+    budget_macs: int
+    fill_up: bool
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        sample = self.space.suggest(trial)
+        result = project(self.space, sample, self.budget_macs, fill_up=self.fill_up)
+        layers = {
+            n: s.to_dict() for n, s in self.space.layer_specs(result.sample).items() if s.format != "dense"
+        }
+        tag = trial.user_attrs.get(TAG_ATTR)
+        trial.set_user_attr("macs", result.macs)
+        trial.set_user_attr("sampled_macs", result.sampled_macs)
+        trial.set_user_attr("projected", result.projected)
+        trial.set_constraint("macs_over_budget", result.macs / self.budget_macs - 1.0)
+        plan = {
+            "layers": layers,
+            "regularizer": {
+                "name": result.sample.regularizer.name,
+                "weight": result.sample.regularizer.weight,
+            },
+            "train": dict(result.sample.train),
+            "macs": result.macs,
+            "tags": [tag] if tag else [],
+            "optuna_trial_number": trial.number,
+            "sampled": dict(trial.params),
+            "projection": {
+                "projected": result.projected,
+                "scale": result.scale,
+                "sampled_macs": result.sampled_macs,
+                "sampled_layers": _layer_dicts(self.space.layer_specs(sample)),
+            },
+            "fault": _injected_fault(trial.number),
+        }
+        return {CONFIG_KEY: plan}
+
+
+def _layer_dicts(specs: dict[str, LayerSpec]) -> dict[str, dict[str, Any]]:
+    return {name: spec.to_dict() for name, spec in specs.items()}
+
+
+def make_sampler(name: str, *, seed: int, options: dict[str, Any], trials: int) -> Any:
+    """A seeded Optuna sampler: tpe | nsga2 (small population by default) | gp | random."""
+    import optuna
+
+    kwargs = dict(options)
+    if name == "nsga2":
+        kwargs.setdefault("population_size", max(4, min(16, trials // 4)))
+    classes = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "gp": optuna.samplers.GPSampler,
+        "random": optuna.samplers.RandomSampler,
+    }
+    try:
+        return classes[name](seed=seed, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad option for the {name} sampler: {exc}", key="sampler_options") from None

@@ -1,0 +1,201 @@
+"""The Ray Tune function trainable: a thin adapter around :func:`rank_search.train.fit`.
+
+Per trial: build the rank config planned by the searcher, load the (disk-cached) data, train
+for ``epochs_per_trial`` epochs and after every epoch write the trial record, then report
+``val_accuracy`` and ``macs`` with a checkpoint (``ray.tune.report``, never
+``ray.train.report``). A resumed trial continues from its last checkpoint. Non-finite metrics
+are never reported: a diverged trial is recorded as such and raises :class:`TrialDiverged`, so
+Ray and Optuna mark it failed and the search goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .records import TrialRecord, read_record, record_path, write_record
+from .searcher import CONFIG_KEY
+
+if TYPE_CHECKING:
+    from ..config import RankConfig
+    from ..train import EpochStats, TrainState
+
+__all__ = ["TrialDiverged", "TrialSetup", "train_trial"]
+
+STATE_FILE = "state.pt"
+
+
+class TrialDiverged(RuntimeError):
+    """Training produced a non-finite loss or metric."""
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial shares (passed once through ``tune.with_parameters``)."""
+
+    out_dir: str
+    model: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    data: str
+    data_options: dict[str, Any]
+    train: dict[str, Any]  # TrainConfig fields, epochs and seed included
+    dense_macs: int
+    cpus: float = 1.0
+
+
+def planned_rank_config(plan: dict[str, Any], setup: TrialSetup) -> RankConfig:
+    """The rank config a trial's plan describes (dense layers omitted)."""
+    from ..config import ModelSpec, RankConfig, RegularizerSpec, parse_layer_spec
+
+    layers = {name: parse_layer_spec(spec, f"layers.{name}") for name, spec in plan["layers"].items()}
+    reg = plan.get("regularizer") or {}
+    regularizer = RegularizerSpec(reg.get("name", "dso"), float(reg.get("weight", 1e-3)))
+    provenance = {"source": "rank-search search", "optuna_trial_number": plan.get("optuna_trial_number")}
+    return RankConfig(
+        ModelSpec(setup.model, setup.num_classes),
+        setup.input_size,
+        layers,
+        regularizer,
+        provenance=provenance,
+    )
+
+
+def new_record(trial_id: str, plan: dict[str, Any], setup: TrialSetup, config: RankConfig) -> TrialRecord:
+    """A fresh ``running`` record for a trial about to train."""
+    cost = config.compute_cost()
+    return TrialRecord(
+        trial_id=trial_id,
+        epochs_planned=int(setup.train["epochs"]),
+        rank_config=dataclasses.replace(config, cost=cost).to_dict(),
+        macs=cost.macs,
+        dense_macs=cost.dense_macs,
+        params=cost.params,
+        optuna_trial_number=plan.get("optuna_trial_number"),
+        tags=list(plan.get("tags", [])),
+        sampled=dict(plan.get("sampled", {})),
+        projection=dict(plan.get("projection", {})),
+    )
+
+
+class _EpochReporter:
+    """The ``fit`` callback: record, checkpoint and report every finished epoch."""
+
+    def __init__(self, setup: TrialSetup, record: TrialRecord, fault: str | None) -> None:
+        self.setup, self.record, self.fault = setup, record, fault
+
+    def __call__(self, stats: EpochStats, state: TrainState) -> None:
+        from ray import tune
+
+        if self.fault == "diverge":
+            raise TrialDiverged("injected divergence (test fault)")
+        if stats.val_accuracy is None or not math.isfinite(stats.val_accuracy):
+            raise TrialDiverged(f"non-finite or missing val_accuracy after epoch {stats.epoch}")
+        record = self.record
+        _set_history(record, state.history)
+        record.macs, record.params = int(stats.macs), int(stats.params)
+        if stats.ranks_changed or stats.epoch == 1:
+            record.rank_config = state.rank_config.to_dict()
+        record.wall_time_s = float(state.wall_time_s)
+        record.status = "completed" if stats.epoch >= record.epochs_planned else "running"
+        write_record(self.setup.out_dir, record)
+        metrics = {
+            "val_accuracy": float(stats.val_accuracy),
+            "macs": int(stats.macs),
+            "params": int(stats.params),
+            "epoch": int(stats.epoch),
+            "train_loss": float(stats.train_loss),
+            "epoch_time_s": float(stats.epoch_time_s),
+        }
+        with tempfile.TemporaryDirectory(prefix="rank-search-ckpt-") as tmp:
+            state.save(Path(tmp) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def fail(self, status: str, message: str) -> None:
+        self.record.status = status
+        self.record.error = message
+        write_record(self.setup.out_dir, self.record)
+
+
+def _set_history(record: TrialRecord, rows: list[dict[str, Any]]) -> None:
+    record.history, record.epochs = [], 0
+    for row in rows:
+        record.add_epoch(row)
+
+
+def _restore_checkpoint(work: Path) -> Path | None:
+    """Copy the trial's last Ray checkpoint (if any) to ``work`` and return the state file."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        source = Path(folder) / STATE_FILE
+        if not source.is_file():
+            return None
+        target = work / STATE_FILE
+        shutil.copyfile(source, target)
+    return target
+
+
+def _trial_identity() -> tuple[str, str | None]:
+    import ray
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    try:
+        node_id: str | None = ray.get_runtime_context().get_node_id()
+    except Exception:  # outside a Ray worker (unit tests)
+        node_id = None
+    return trial_id, node_id
+
+
+def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """Ray Tune function trainable: train one planned rank config (see the module docstring)."""
+    import torch
+
+    from ..data import DataOptions, load_data
+    from ..train import fit, train_config_from_dict
+
+    plan = config[CONFIG_KEY]
+    trial_id, node_id = _trial_identity()
+    torch.set_num_threads(max(1, int(setup.cpus)))
+    rank_config = planned_rank_config(plan, setup)
+    record = new_record(trial_id, plan, setup, rank_config)
+    record.node_id = node_id
+    previous = record_path(setup.out_dir, trial_id)
+    if previous.is_file():  # resumed: keep what was reached until the checkpoint says otherwise
+        old = read_record(previous)
+        _set_history(record, old.history)
+        record.wall_time_s = old.wall_time_s
+    write_record(setup.out_dir, record)
+    reporter = _EpochReporter(setup, record, plan.get("fault"))
+    try:
+        if plan.get("fault") == "error":
+            raise RuntimeError("injected error (test fault)")
+        train = train_config_from_dict({**setup.train, **plan.get("train", {})})
+        data = load_data(setup.data, DataOptions(**setup.data_options))
+        with tempfile.TemporaryDirectory(prefix="rank-search-resume-") as work:
+            resume_from = _restore_checkpoint(Path(work))
+            result = fit(rank_config, data, train, callback=reporter, resume_from=resume_from)
+    except TrialDiverged as exc:
+        reporter.fail("diverged", str(exc))
+        raise
+    except Exception as exc:
+        reporter.fail("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    if result.status == "diverged":
+        reporter.fail("diverged", result.message)
+        raise TrialDiverged(result.message)
+    _set_history(record, [stats.to_dict() for stats in result.history])
+    record.rank_config = result.rank_config.to_dict()
+    record.macs, record.params = int(result.macs), int(result.params)
+    record.wall_time_s = float(result.wall_time_s)
+    record.status = "completed" if record.epochs >= record.epochs_planned else "stopped"
+    write_record(setup.out_dir, record)
