@@ -1,0 +1,474 @@
+"""A cached table of measured layer latencies that predicts a rank config's latency without running it.
+
+One table per timing setting (device name, CPU threads, torch version, dtype, memory format:
+see :func:`~rank_search.latency.device_key`), stored as JSON at
+``<cache dir>/<device key>.json`` (``$RANK_SEARCH_CACHE/latency`` or
+``~/.cache/rank-search/latency``), written atomically and merged with what is on disk, so a
+later process never measures an entry again.
+
+Entries are keyed by layer shape (kind, channels, kernel, stride, groups, input and output
+size, batch size) plus format and ranks, so the many equal-shape layers of a ResNet share them.
+
+Ranks. Latency is not smooth in the ranks: conv kernels work on channel blocks of 8 or 16, so on
+the 2-core CPU of the benchmark a Tucker-2 16->16 layer at batch 32 took 0.68 ms at ranks (8, 8)
+and 1.21 ms at (9, 9). So by default the table measures the exact ranks it is asked for (each
+combination once per shape, then cached). For lookups that must not measure (``measure=False``,
+e.g. inside a search's budget projection) and for tables built with ``interpolate=True``, each
+rank dimension is timed on a grid instead: multiples of ``step = 8 * ceil(full / 128)`` (so at
+most 16 points: every multiple of 8 up to 128) and the full rank (ranks 1 and full when the full
+rank is below 8). Latency at other ranks is interpolated linearly between neighbouring grid
+points (bilinearly over ``rank_in`` x ``rank_out`` for Tucker-2); a rank below the smallest grid
+point takes that point's latency. Interpolation is exact on multiples of 8 up to 128 and
+optimistic for ranks that are not: searches under a latency budget should use rank steps of 8.
+:meth:`LatencyTable.prefill` measures the grid of every layer.
+
+Prediction. ``predict(config, batch)`` = the sum over every conv/linear layer of its table latency
+(dense or low-rank) + the model's "rest": what whole-model timings show beyond that sum. The rest
+is measured once per model, input size and batch size from two whole-model timings (exported for
+inference): the dense model, and a reference low-rank model (uniform Tucker-2 at rank ratio 0.5
+on every layer that allows it; SVD if none does). It has two terms:
+
+* ``rest_ms`` = dense model - sum of its dense layers (activations, additions, pooling, the
+  difference between a layer timed alone and inside the network);
+* ``per_kernel_ms`` >= 0 = what the reference model took beyond its own prediction, spread over
+  the extra conv/linear kernels it launches (Tucker-2 runs 3 where dense ran 1, SVD 2): the
+  in-network cost of a kernel that timing a layer alone misses.
+
+So ``predict = sum(layers) + rest_ms + per_kernel_ms * (kernels(config) - kernels(dense))``. When
+``rest_ms`` comes out negative (layers timed alone were slower than inside the network), the layer
+sum is scaled instead: ``dense_model_ms * sum(layers) / sum(dense layers)``. Either way the dense
+config predicts the measured dense model, and the reference config its measured latency.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .._io import atomic_write_json
+from ..convert import LayerInfo, list_factorizable
+from ._device import (
+    check_threads,
+    default_cache_dir,
+    device_key,
+    device_name,
+    num_threads,
+    resolve_device,
+    warn_if_busy,
+)
+from ._layers import build_layer, layer_input
+from ._timing import Spread, summarize, time_interleaved
+
+if TYPE_CHECKING:
+    from ..config import RankConfig
+
+__all__ = ["LatencyTable", "TimingSettings", "rank_grid"]
+
+FORMAT_ID = "rank-search/latency-table"
+VERSION = 1
+KERNELS = {"dense": 1, "tucker2": 3, "svd": 2}  # conv/linear kernels a layer launches per format
+REFERENCE_RATIO = 0.5
+LayerTimer = Callable[[LayerInfo, str, Mapping[str, int], int], float]
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How each table entry is timed: warmup calls, repeats (median taken), and the shortest sample."""
+
+    repeats: int = 5
+    warmup: int = 2
+    min_sample_ms: float = 2.0
+
+
+def rank_grid(full: int) -> list[int]:
+    """The ranks timed for one rank dimension whose full rank is ``full`` (see module docstring)."""
+    if full < 8:
+        return sorted({1, full})
+    step = 8 * math.ceil(full / 128)
+    return sorted({*range(step, full, step), full})
+
+
+def _bracket(grid: Sequence[int], rank: int) -> list[tuple[int, float]]:
+    """Grid points around ``rank`` with their linear-interpolation weights (weights > 0 only)."""
+    if rank <= grid[0]:
+        return [(grid[0], 1.0)]
+    if rank >= grid[-1]:
+        return [(grid[-1], 1.0)]
+    for lo, hi in itertools.pairwise(grid):
+        if lo <= rank <= hi:
+            w = (rank - lo) / (hi - lo)
+            return [(p, wt) for p, wt in ((lo, 1.0 - w), (hi, w)) if wt > 0]
+    raise AssertionError("unreachable")
+
+
+def _base(record: Mapping[str, float], layers: float) -> float:
+    """Layer sum plus ``rest_ms``, or the scaled layer sum when ``rest_ms`` is negative."""
+    rest, dense_model = record["rest_ms"], record["dense_model_ms"]
+    if rest >= 0:
+        return layers + rest
+    return dense_model * layers / (dense_model - rest)
+
+
+def shape_key(info: LayerInfo, batch_size: int) -> str:
+    """The table key of a layer's shape at ``batch_size``."""
+    size = "x".join(map(str, info.input_size)) + ">" + "x".join(map(str, info.output_size))
+    if info.kind == "linear":
+        return f"linear {info.in_channels}>{info.out_channels} {size} b{batch_size}"
+    (kh, kw), (sh, sw) = info.kernel_size, info.stride
+    return (
+        f"conv {info.in_channels}>{info.out_channels} k{kh}x{kw} s{sh}x{sw} g{info.groups} "
+        f"{size} b{batch_size}"
+    )
+
+
+def entry_key(info: LayerInfo, fmt: str, ranks: Mapping[str, int], batch_size: int) -> str:
+    """The table key of one layer shape in one format and ranks."""
+    rank_text = ",".join(f"{k}={ranks[k]}" for k in sorted(ranks))
+    return f"{shape_key(info, batch_size)} | {fmt}" + (f" {rank_text}" if rank_text else "")
+
+
+class LatencyTable:
+    """Measured per-layer latencies (milliseconds) for one device key, with prediction.
+
+    Create with :meth:`load_or_create`. ``measurements`` counts the timings this object ran.
+    ``interpolate=True`` measures grid points only (a bounded table) and interpolates every
+    other rank. ``layer_timer`` replaces the real layer timing (tests, simulations).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        *,
+        threads: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = True,
+        cache_dir: str | Path | None = None,
+        settings: TimingSettings | None = None,
+        layer_timer: LayerTimer | None = None,
+        interpolate: bool = False,
+    ) -> None:
+        check_threads(threads)
+        self.device = resolve_device(device)
+        self.threads = threads if threads is not None else torch.get_num_threads()
+        self.dtype = dtype
+        self.channels_last = channels_last
+        self.settings = settings or TimingSettings()
+        self.key = device_key(self.device, self.threads, dtype, channels_last)
+        self.path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        self.path = self.path / f"{self.key}.json"
+        self.layers: dict[str, float] = {}
+        self.rest: dict[str, dict[str, float]] = {}
+        self.measurements = 0
+        self.interpolate = interpolate
+        self._layer_timer = layer_timer
+        self._dirty = False
+        self._infos: dict[tuple[Any, ...], list[LayerInfo]] = {}
+
+    # ----------------------------------------------------------------- storage
+
+    @classmethod
+    def load_or_create(cls, device: str | torch.device = "cpu", **kwargs: Any) -> LatencyTable:
+        """The table for this device key from the cache, or an empty one (saved on first measurement).
+
+        Keyword arguments are those of the constructor.
+        """
+        table = cls(device, **kwargs)
+        table._merge(table._read())
+        return table
+
+    def _read(self) -> dict[str, Any]:
+        """The stored table for this key, or ``{}`` if absent, unreadable or for another key."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"{self.path}: unreadable latency table ({exc}); starting a new one", stacklevel=3)
+            return {}
+        ok = isinstance(data, dict) and data.get("format") == FORMAT_ID and data.get("version") == VERSION
+        if not ok or data.get("key") != self.key:
+            warnings.warn(
+                f"{self.path}: not a version-{VERSION} latency table for key {self.key!r}; "
+                "starting a new one",
+                stacklevel=3,
+            )
+            return {}
+        return data
+
+    def _merge(self, data: Mapping[str, Any]) -> None:
+        """Add stored entries this object does not have (its own measurements win)."""
+        for name, ms in data.get("layers", {}).items():
+            self.layers.setdefault(name, float(ms))
+        for name, record in data.get("rest", {}).items():
+            self.rest.setdefault(name, {k: float(v) for k, v in record.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_ID,
+            "version": VERSION,
+            "key": self.key,
+            "device": {
+                "type": self.device.type,
+                "name": device_name(self.device),
+                "threads": self.threads,
+                "torch": torch.__version__,
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "channels_last": self.channels_last,
+            },
+            "settings": asdict(self.settings),
+            "unit": "ms",
+            "layers": dict(sorted(self.layers.items())),
+            "rest": dict(sorted(self.rest.items())),
+        }
+
+    def save(self) -> Path:
+        """Merge with the file on disk (another process may have added entries) and write atomically."""
+        self._merge(self._read())
+        self._dirty = False
+        return atomic_write_json(self.path, self.to_dict())
+
+    def _save_if_dirty(self) -> None:
+        if self._dirty:
+            self.save()
+
+    # ----------------------------------------------------------------- measuring
+
+    @property
+    def _cpu_threads(self) -> int | None:
+        return self.threads if self.device.type == "cpu" else None
+
+    def _time(self, module: torch.nn.Module, x: torch.Tensor) -> Spread:
+        if self.measurements == 0:  # once per table: what is measured now is cached for good
+            warn_if_busy(self.device, stacklevel=5)
+        s = self.settings
+        with num_threads(self._cpu_threads), torch.inference_mode():
+            (samples,) = time_interleaved(
+                [lambda: module(x)],
+                self.device,
+                repeats=s.repeats,
+                warmup=s.warmup,
+                min_sample_ms=s.min_sample_ms,
+            )
+        self.measurements += 1
+        self._dirty = True
+        return summarize(samples)
+
+    def _measure_layer(self, info: LayerInfo, fmt: str, ranks: Mapping[str, int], batch_size: int) -> float:
+        if self._layer_timer is not None:
+            self.measurements += 1
+            self._dirty = True
+            return float(self._layer_timer(info, fmt, ranks, batch_size))
+        with num_threads(self._cpu_threads):  # building runs LAPACK: keep it to the timing threads too
+            module = build_layer(info, fmt, ranks, self.device, self.dtype, self.channels_last)
+        x = layer_input(info, batch_size, self.device, self.dtype, self.channels_last)
+        return self._time(module, x).median
+
+    def point_ms(
+        self, info: LayerInfo, fmt: str, ranks: Mapping[str, int], batch_size: int, *, measure: bool = True
+    ) -> float:
+        """The stored latency of exactly these ranks, measured now if missing and ``measure``."""
+        key = entry_key(info, fmt, ranks, batch_size)
+        if key not in self.layers:
+            if not measure:
+                raise KeyError(key)
+            self.layers[key] = self._measure_layer(info, fmt, ranks, batch_size)
+        return self.layers[key]
+
+    def grid(self, info: LayerInfo, fmt: str) -> dict[str, list[int]]:
+        """The rank grid of each rank dimension of ``info`` in format ``fmt``."""
+        if fmt == "dense":
+            return {}
+        return {k: rank_grid(v) for k, v in info.full_ranks[fmt].items()}
+
+    def layer_ms(
+        self, info: LayerInfo, fmt: str, ranks: Mapping[str, int], batch_size: int, *, measure: bool = True
+    ) -> float:
+        """Latency of ``info`` in ``fmt`` with ``ranks``: the stored exact entry; else measured
+        exactly (``measure`` and not ``interpolate``); else interpolated on the rank grid, whose
+        points are measured if missing and ``measure`` (``KeyError`` otherwise)."""
+        key = entry_key(info, fmt, ranks, batch_size)
+        if key in self.layers:
+            return self.layers[key]
+        if measure and not self.interpolate:
+            return self.point_ms(info, fmt, ranks, batch_size)
+        return self.interpolated_ms(info, fmt, ranks, batch_size, measure=measure)
+
+    def interpolated_ms(
+        self, info: LayerInfo, fmt: str, ranks: Mapping[str, int], batch_size: int, *, measure: bool = True
+    ) -> float:
+        """Latency of ``info`` in ``fmt`` with ``ranks`` interpolated on the rank grid."""
+        corners: list[tuple[dict[str, int], float]] = [({}, 1.0)]
+        for name, grid in self.grid(info, fmt).items():
+            corners = [({**c, name: p}, w * pw) for c, w in corners for p, pw in _bracket(grid, ranks[name])]
+        return sum(w * self.point_ms(info, fmt, c, batch_size, measure=measure) for c, w in corners)
+
+    def model_infos(
+        self, model_name: str, input_size: Sequence[int], num_classes: int = 10
+    ) -> list[LayerInfo]:
+        """The conv/linear layers of the dense model (cached in memory)."""
+        from ..models import create_model
+
+        key = (model_name, num_classes, tuple(input_size))
+        if key not in self._infos:
+            self._infos[key] = list_factorizable(
+                create_model(model_name, num_classes=num_classes), tuple(input_size)
+            )
+        return self._infos[key]
+
+    def rest_ms(
+        self,
+        model_name: str,
+        input_size: Sequence[int],
+        batch_size: int,
+        num_classes: int = 10,
+        *,
+        measure: bool = True,
+    ) -> float:
+        """The whole dense model's latency minus its dense layers' table latencies (see module doc)."""
+        return self._rest_record(model_name, input_size, batch_size, num_classes, measure)["rest_ms"]
+
+    def _rest_record(
+        self, model_name: str, input_size: Sequence[int], batch_size: int, num_classes: int, measure: bool
+    ) -> dict[str, float]:
+        key = f"{model_name}/{num_classes} {'x'.join(map(str, input_size))} b{batch_size}"
+        if key not in self.rest:
+            if not measure:
+                raise KeyError(key)
+            self.rest[key] = self._measure_rest(model_name, input_size, batch_size, num_classes)
+        return self.rest[key]
+
+    def _measure_rest(
+        self, model_name: str, input_size: Sequence[int], batch_size: int, num_classes: int
+    ) -> dict[str, float]:
+        """Time the dense and the reference model and derive the rest terms (see module doc)."""
+        from ..config import ModelSpec, RankConfig
+
+        dense = RankConfig(ModelSpec(model_name, num_classes), (input_size[0], input_size[1], input_size[2]))
+        dense_layers, dense_kernels = self._layer_sum(dense, batch_size, True)
+        dense_ms = self.measure_dense_model(model_name, input_size, batch_size, num_classes).median
+        record = {"rest_ms": dense_ms - dense_layers, "dense_model_ms": dense_ms, "per_kernel_ms": 0.0}
+        reference = self._reference_config(dense)
+        if reference is not None:
+            ref_layers, ref_kernels = self._layer_sum(reference, batch_size, True)
+            ref_ms = self.measure_model(reference.build(seed=0), input_size, batch_size).median
+            extra = ref_kernels - dense_kernels
+            record["reference_model_ms"] = ref_ms
+            record["per_kernel_ms"] = max(0.0, (ref_ms - _base(record, ref_layers)) / extra)
+        return record
+
+    def _reference_config(self, dense: RankConfig) -> RankConfig | None:
+        """Uniform Tucker-2 (else SVD) at rank ratio 0.5 on every layer allowing it; None if none does."""
+        from ..config import uniform_config
+
+        infos = self.model_infos(dense.model.name, dense.input_size, dense.model.num_classes)
+        for fmt in ("tucker2", "svd"):
+            names = [i.name for i in infos if i.allows(fmt)]
+            if names:
+                m = dense.model
+                return uniform_config(m.name, m.num_classes, dense.input_size, REFERENCE_RATIO, names, fmt)
+        return None
+
+    def _layer_sum(self, config: RankConfig, batch_size: int, measure: bool) -> tuple[float, int]:
+        """Sum of the config's layer latencies and the number of conv/linear kernels it launches."""
+        total, kernels = 0.0, 0
+        for info, fmt, ranks in self._choices(config):
+            total += self.layer_ms(info, fmt, ranks, batch_size, measure=measure)
+            kernels += KERNELS[fmt]
+        return total, kernels
+
+    def measure_dense_model(
+        self, model_name: str, input_size: Sequence[int], batch_size: int, num_classes: int = 10
+    ) -> Spread:
+        """Time the dense model, exported for inference, with this table's settings."""
+        from ..models import create_model
+
+        return self.measure_model(create_model(model_name, num_classes=num_classes), input_size, batch_size)
+
+    def measure_model(self, model: torch.nn.Module, input_size: Sequence[int], batch_size: int) -> Spread:
+        """Time any model (exported for inference here) with this table's settings."""
+        from ..inference import export_for_inference
+
+        exported = export_for_inference(
+            model.to(self.device),
+            channels_last=self.channels_last,
+            dtype=self.dtype,
+            input_size=tuple(input_size),
+        )
+        x = torch.randn(batch_size, *input_size, device=self.device, dtype=self.dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._time(exported, x)
+
+    # ----------------------------------------------------------------- prediction
+
+    def _choices(self, config: RankConfig) -> Iterable[tuple[LayerInfo, str, dict[str, int]]]:
+        for info in self.model_infos(config.model.name, config.input_size, config.model.num_classes):
+            spec = config.layers.get(info.name)
+            if spec is None or spec.format == "dense":
+                yield info, "dense", {}
+            else:
+                yield info, spec.format, spec.ranks()
+
+    def predict(self, config: RankConfig, batch_size: int, *, measure: bool = True) -> float:
+        """Predicted latency (ms) of ``config`` at ``batch_size``: sum of layer latencies + rest
+        (see the module docstring).
+
+        Missing entries are measured (and the table saved) unless ``measure=False``, which raises
+        ``KeyError`` naming the first missing entry instead.
+        """
+        model = config.model
+        record = self._rest_record(model.name, config.input_size, batch_size, model.num_classes, measure)
+        layers, kernels = self._layer_sum(config, batch_size, measure)
+        self._save_if_dirty()
+        dense_kernels = len(self.model_infos(model.name, config.input_size, model.num_classes))
+        return _base(record, layers) + record.get("per_kernel_ms", 0.0) * (kernels - dense_kernels)
+
+    def measure_missing(
+        self, configs: RankConfig | Iterable[RankConfig], batch_sizes: int | Iterable[int]
+    ) -> int:
+        """Measure every entry the configs need at these batch sizes; returns how many were measured."""
+        from ..config import RankConfig as _RankConfig
+
+        config_list = [configs] if isinstance(configs, _RankConfig) else list(configs)
+        sizes = [batch_sizes] if isinstance(batch_sizes, int) else list(batch_sizes)
+        before = self.measurements
+        for config in config_list:
+            for batch_size in sizes:
+                self.predict(config, batch_size)
+        return self.measurements - before
+
+    def prefill(
+        self,
+        model_name: str,
+        input_size: Sequence[int],
+        batch_size: int,
+        formats: Sequence[str] = ("tucker2",),
+        num_classes: int = 10,
+    ) -> int:
+        """Measure the whole rank grid of every layer in ``formats`` (and dense), plus the rest.
+
+        Run once before a latency-constrained search so that no trial times layers while others
+        train. Returns how many entries were measured.
+        """
+        before = self.measurements
+        self.rest_ms(model_name, input_size, batch_size, num_classes)
+        for info in self.model_infos(model_name, input_size, num_classes):
+            for fmt in formats:
+                if not info.allows(fmt) or fmt == "dense":
+                    continue
+                grids = self.grid(info, fmt)
+                points: list[dict[str, int]] = [{}]
+                for name, grid in grids.items():
+                    points = [{**p, name: r} for p in points for r in grid]
+                for ranks in points:
+                    self.point_ms(info, fmt, ranks, batch_size)
+        self._save_if_dirty()
+        return self.measurements - before
