@@ -54,8 +54,8 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _counted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """Low-rank layers as a whole, and dense conv/linear layers not inside one."""
+def counted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Low-rank layers as a whole, and dense conv/linear layers not inside one, in module order."""
     inside: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in inside):
@@ -87,7 +87,7 @@ def count_cost(model: nn.Module, input_size: tuple[int, ...]) -> CostReport:
     """
     records: list[LayerCost] = []
     handles = []
-    for name, module in _counted_modules(model):
+    for name, module in counted_modules(model):
 
         def hook(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor, _name: str = name) -> None:
             records.append(_layer_cost(_name, mod, args[0], out))

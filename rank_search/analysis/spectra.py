@@ -82,24 +82,20 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, str]:
 def layer_spectra(model: nn.Module) -> list[LayerSpectrum]:
     """Spectra of every conv/linear layer of ``model`` not inside a low-rank layer, in module order."""
     import torch
-    from torch import nn
 
+    from ..cost import counted_modules
     from ..layers import LowRankLayer
 
     out: list[LayerSpectrum] = []
-    inside: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix + ".") for prefix in inside):
-            continue
+    for name, module in counted_modules(model):
+        rank: int | None = None
         if isinstance(module, LowRankLayer):
-            inside.append(name)
             weight, fmt, source = module.to_dense().weight, module.format, "to_dense"
             ranks = module.ranks()
-            rank: int | None = ranks.get("rank_out", ranks.get("rank"))
-        elif isinstance(module, nn.Conv2d | nn.Linear):
-            weight, fmt, source, rank = module.weight, "dense", "weight", None
+            rank = ranks.get("rank_out", ranks.get("rank"))
         else:
-            continue
+            assert isinstance(module.weight, torch.Tensor)
+            weight, fmt, source = module.weight, "dense", "weight"
         with torch.no_grad():
             values = torch.linalg.svdvals(weight.detach().float().flatten(1)).cpu().numpy()
         out.append(LayerSpectrum(name, fmt, source, values, rank))
