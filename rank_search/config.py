@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ._io import atomic_write_json
@@ -96,7 +97,12 @@ class RankConfig:
         from .models import create_model
 
         model = create_model(self.model.name, num_classes=self.model.num_classes, seed=seed)
-        apply_rank_config(model, self.layers, init=init)
+        if seed is None:
+            apply_rank_config(model, self.layers, init=init)
+            return model
+        with torch.random.fork_rng(devices=[]):  # the low-rank init is seeded too
+            torch.manual_seed(seed + 1)
+            apply_rank_config(model, self.layers, init=init)
         return model
 
     def compute_cost(self) -> Cost:
@@ -252,7 +258,13 @@ def validate_layers(config: RankConfig) -> None:
     from .models import create_model
 
     model = create_model(config.model.name, num_classes=config.model.num_classes)
-    infos = {info.name: info for info in list_factorizable(model, config.input_size)}
+    try:
+        infos = {info.name: info for info in list_factorizable(model, config.input_size)}
+    except RuntimeError as exc:
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(
+            f"{config.model.name} cannot run at this input size: {reason}", key="input_size"
+        ) from None
     for name, spec in config.layers.items():
         key = f"layers.{name}"
         info = infos.get(name)

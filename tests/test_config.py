@@ -134,3 +134,21 @@ def test_save_is_atomic_and_keeps_old_file_on_error(tmp_path: Path) -> None:
         save_rank_config(bad, target)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["c.json"]
+
+
+def test_input_size_the_model_cannot_run_is_a_config_error(tmp_path: Path) -> None:
+    data = copy.deepcopy(VALID)
+    data["input_size"] = [1, 32, 32]
+    with pytest.raises(ConfigError) as info:
+        load_rank_config(write(tmp_path, data))
+    assert info.value.key == "input_size" and "cannot run" in str(info.value)
+
+
+def test_build_with_seed_is_reproducible_for_low_rank_layers(tmp_path: Path) -> None:
+    import torch
+
+    config = load_rank_config(write(tmp_path, VALID))
+    a, b = config.build(seed=5), config.build(seed=5)
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), name
+    assert not torch.equal(a.layer1[0].conv1.core.weight, config.build(seed=6).layer1[0].conv1.core.weight)

@@ -151,3 +151,14 @@ def test_cli_dprp_from_model_name(tmp_path: Path) -> None:
         if spec.format == "svd"
     )
     assert json.loads((run / "train_config.json").read_text())["dprp"]["energy"] == 0.8
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_shrinking_keeps_the_trainers_memory_layout(layout: torch.memory_format) -> None:
+    # A 1x1 weight's strides can't tell the layouts apart: the trainer's layout must be passed in.
+    layer = SVDConv2d(4, 6, 3, padding=1, rank=5)
+    small = shrink_svd_layer(layer, torch.tensor([0, 1, 3]), layout)
+    for weight in (small.v.weight, small.u.weight):
+        assert weight.is_contiguous(memory_format=layout)
+    out = small(torch.randn(2, 4, 5, 5))
+    assert out.is_contiguous() == (layout == torch.contiguous_format)

@@ -312,7 +312,10 @@ def test_cli_resume_continues_interrupted_run(
     monkeypatch.setattr(run_module, "fit", real_fit)
     assert main(_cli(run, cache_dir, "--model", "resnet20", "--epochs", "2")) == 2
     assert "--resume" in capsys.readouterr().err
+    saved_settings = (run / "train_config.json").read_text()
     assert main(_cli(run, cache_dir, "--model", "resnet20", "--epochs", "2", "--lr", "0.3", "--resume")) == 2
+    assert "checkpoint.pt" in capsys.readouterr().err
+    assert (run / "train_config.json").read_text() == saved_settings  # a refused resume writes nothing
     assert main(_cli(run, cache_dir, "--model", "resnet20", "--epochs", "2", "--resume")) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and [h["epoch"] for h in metrics["history"]] == [1, 2]
@@ -360,3 +363,13 @@ def test_cli_needs_exactly_one_of_config_and_model(
 ) -> None:
     assert main(["train", "-o", str(tmp_path / "run")]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_cli_force_with_bad_input_keeps_the_old_run(tmp_path: Path, cache_dir: Path) -> None:
+    run = tmp_path / "run"
+    assert main(_cli(run, cache_dir, "--model", "resnet20", "--epochs", "1")) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    argv = _cli(run, cache_dir, "--model", "resnet20", "--epochs", "1", "--force")
+    argv[argv.index("builtin")] = "cifar10:" + str(tmp_path / "nowhere")
+    assert main(argv) == 2
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -73,17 +73,21 @@ def keep_indices(s: Tensor, energy: float, min_rank: int = 1) -> Tensor:
     return order[:rank].to(s.device)
 
 
-def shrink_svd_layer(layer: SVDLayer, keep: Tensor) -> SVDLayer:
-    """A copy of ``layer`` holding only the components ``keep`` (same device, dtype, memory format).
+def shrink_svd_layer(
+    layer: SVDLayer, keep: Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> SVDLayer:
+    """A copy of ``layer`` holding only the components ``keep`` (same device and dtype).
 
-    Copies rather than constructs, so no initialization (an SVD per layer) is wasted.
+    Conv weights get ``memory_format`` (the trainer's layout; a 1x1 weight's strides can't
+    tell contiguous from channels_last). Copies rather than constructs, so no initialization
+    (an SVD per layer) is wasted.
     """
     rank = len(keep)
     new = copy.deepcopy(layer)
     with torch.no_grad():
-        new.v.weight = nn.Parameter(_like(layer.v.weight, layer.v.weight[keep]))
+        new.v.weight = nn.Parameter(_laid_out(layer.v.weight[keep], memory_format))
         new.s = nn.Parameter(layer.s[keep].clone())
-        new.u.weight = nn.Parameter(_like(layer.u.weight, layer.u.weight[:, keep]))
+        new.u.weight = nn.Parameter(_laid_out(layer.u.weight[:, keep], memory_format))
     if isinstance(new.v, nn.Conv2d) and isinstance(new.u, nn.Conv2d):
         new.v.out_channels, new.u.in_channels = rank, rank
     elif isinstance(new.v, nn.Linear) and isinstance(new.u, nn.Linear):
@@ -91,18 +95,15 @@ def shrink_svd_layer(layer: SVDLayer, keep: Tensor) -> SVDLayer:
     return new
 
 
-def _like(reference: Tensor, values: Tensor) -> Tensor:
-    """``values`` copied into a new tensor with ``reference``'s memory format."""
-    return torch.empty_like(values, memory_format=_memory_format(reference)).copy_(values)
+def _laid_out(values: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """``values`` copied into a new tensor in ``memory_format`` (4-D) or contiguous."""
+    fmt = memory_format if values.dim() == 4 else torch.contiguous_format
+    return torch.empty_like(values, memory_format=fmt).copy_(values)
 
 
-def _memory_format(tensor: Tensor) -> torch.memory_format:
-    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def prune_svd_layers(model: nn.Module, dprp: DPRPConfig) -> dict[str, Tensor]:
+def prune_svd_layers(
+    model: nn.Module, dprp: DPRPConfig, memory_format: torch.memory_format = torch.contiguous_format
+) -> dict[str, Tensor]:
     """Shrink every SVD layer of ``model`` in place; returns ``{name: kept indices}`` of changed ones."""
     kept: dict[str, Tensor] = {}
     for name, layer in low_rank_modules(model):
@@ -110,7 +111,7 @@ def prune_svd_layers(model: nn.Module, dprp: DPRPConfig) -> dict[str, Tensor]:
             continue
         keep = keep_indices(layer.s, dprp.energy, dprp.min_rank)
         if len(keep) < layer.rank:
-            model.set_submodule(name, shrink_svd_layer(layer, keep))
+            model.set_submodule(name, shrink_svd_layer(layer, keep, memory_format))
             kept[name] = keep
     return kept
 

@@ -184,7 +184,7 @@ def round_ranks(config: RankConfig, multiple: int) -> RankConfig:
     return dataclasses.replace(config, layers=layers, cost=None, provenance=provenance)
 
 
-def _check_resume(saved: dict[str, Any], config: RankConfig, train: TrainConfig) -> RankConfig:
+def check_resume(saved: dict[str, Any], config: RankConfig, train: TrainConfig) -> RankConfig:
     """The checkpoint's current rank config, after checking it continues the same run."""
     old_train = train_config_from_dict(saved["train_config"]).to_dict()
     new_train = train.to_dict()
@@ -197,6 +197,10 @@ def _check_resume(saved: dict[str, Any], config: RankConfig, train: TrainConfig)
     current = rank_config_from_dict(saved["rank_config"])
     if current.model != config.model:
         raise ConfigError(f"the checkpoint is of {current.model}, not {config.model}", key="model")
+    if train.dprp is None and (current.layers, current.regularizer) != (config.layers, config.regularizer):
+        raise ConfigError(
+            "the checkpoint was trained with other layers or regularizer than this config", key="layers"
+        )
     if saved["epoch"] > train.epochs:
         raise ConfigError(f"the checkpoint has {saved['epoch']} epochs, more than epochs={train.epochs}")
     return current
@@ -365,7 +369,8 @@ class _Trainer:
         if dprp is None or not dprp_mod.prune_due(dprp, epoch):
             return False
         momentum = dprp_mod.momentum_by_name(state.model, state.optimizer)
-        kept = dprp_mod.prune_svd_layers(state.model, dprp)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        kept = dprp_mod.prune_svd_layers(state.model, dprp, layout)
         if not kept:
             return False
         state.optimizer = build_optimizer(
@@ -439,8 +444,11 @@ def fit(
     start = time.perf_counter()
     config = round_ranks(match_dataset(config, data), train.rank_multiple)
     saved = read_checkpoint(resume_from) if resume_from is not None else None
-    if saved is not None:
-        config = _check_resume(saved, config, train)
+    if saved is not None and resume_from is not None:
+        try:
+            config = check_resume(saved, config, train)
+        except ConfigError as exc:
+            raise exc.with_source(resume_from) from None
     trainer = _Trainer(config, data, train, progress)
     if saved is not None:
         trainer.resume(saved)

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from .checkpoint import TrainState, read_checkpoint
 from .config import TrainConfig
 from .dprp import svd_everywhere
-from .loop import EpochStats, TrainResult, fit, match_dataset, round_ranks
+from .loop import EpochStats, TrainResult, check_resume, fit, match_dataset, round_ranks
 
 if TYPE_CHECKING:
     from ..data import DataOptions, Dataset
@@ -79,14 +79,16 @@ def resolve_rank_config(job: TrainJob, data: Dataset) -> RankConfig:
 
 
 def _prepare_run_dir(job: TrainJob) -> Path | None:
-    """Apply the run-folder policy; returns the checkpoint to resume from, if any."""
+    """Check the run-folder policy; returns the checkpoint to resume from, if any.
+
+    Writes and deletes nothing: with ``--force`` the old files go only once every input has
+    been checked (:func:`_clear_run_dir`).
+    """
     run_dir, checkpoint = job.run_dir, job.run_dir / "checkpoint.pt"
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError("exists and is not a folder", source=run_dir)
     finished = (run_dir / "metrics.json").exists()
     if job.force:
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
         return None
     if finished:
         raise ConfigError("holds a finished run (metrics.json); pass --force to overwrite it", source=run_dir)
@@ -100,6 +102,12 @@ def _prepare_run_dir(job: TrainJob) -> Path | None:
             source=run_dir,
         )
     return None
+
+
+def _clear_run_dir(job: TrainJob) -> None:
+    """Delete the files of an earlier run (``--force``), after all inputs were checked."""
+    for name in RUN_FILES:
+        (job.run_dir / name).unlink(missing_ok=True)
 
 
 def _data_meta(job: TrainJob, data: Dataset) -> dict[str, Any]:
@@ -135,6 +143,12 @@ def run_training(job: TrainJob) -> TrainResult:
     meta = _data_meta(job, data)
     if resume_from is not None:
         _check_resume_meta(resume_from, meta)
+        try:  # refuse a changed config or settings before anything is written
+            check_resume(read_checkpoint(resume_from), config, job.train)
+        except ConfigError as exc:
+            raise exc.with_source(resume_from) from None
+    elif job.force:
+        _clear_run_dir(job)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(job.run_dir / "train_config.json", job.train.to_dict())
     if resume_from is None:

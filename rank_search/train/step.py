@@ -127,7 +127,8 @@ class Objective:
         cost nothing); otherwise the batched :func:`orthogonality_penalty`.
         """
         total = torch.zeros((), device=_device_of(model))
-        if self.regularizer is not None:
+        skip = isinstance(weight, float | int) and weight == 0.0  # e.g. the tail of the step schedule
+        if self.regularizer is not None and not skip:
             penalty = _per_matrix_penalty if capturing else _batched_penalty
             total = total + weight * penalty(model, self.regularizer)
         if self.dprp is not None:
