@@ -26,6 +26,10 @@ from rank_search.search.study import Study, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_KEYS = {
+    "budget_latency_ms",
+    "latency_device",
+    "latency_batch_size",
+    "latency_table",
     "format",
     "version",
     "study_name",

@@ -23,12 +23,15 @@ class Baselines:
     dense_trial_id: str | None
     uniform: pd.DataFrame  # fully-trained "uniform" trials, by MACs ascending
 
-    def best_uniform_at(self, max_macs: float | None, metric: str = "val_accuracy") -> pd.Series | None:
-        """The most accurate fully-trained uniform trial within ``max_macs`` (any, if None)."""
-        pool = self.uniform if max_macs is None else self.uniform[self.uniform["macs"] <= max_macs]
+    def best_uniform_at(
+        self, max_macs: float | None, metric: str = "val_accuracy", column: str = "macs"
+    ) -> pd.Series | None:
+        """The most accurate fully-trained uniform trial with ``column`` (``macs`` or ``latency_ms``)
+        within ``max_macs`` (any, if None)."""
+        pool = self.uniform if max_macs is None else self.uniform[self.uniform[column] <= max_macs]
         if pool.empty:
             return None
-        return pool.sort_values([metric, "macs"], ascending=[False, True], kind="stable").iloc[0]
+        return pool.sort_values([metric, column], ascending=[False, True], kind="stable").iloc[0]
 
 
 def baselines(results: SearchResults, metric: str = "val_accuracy") -> Baselines:

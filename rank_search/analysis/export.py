@@ -1,10 +1,11 @@
-"""Export the best fully-trained config(s) under a MACs budget as rank-config JSON files.
+"""Export the best fully-trained config(s) under a MACs or latency budget as rank-config JSON files.
 
 The files are plain rank-config JSON (:func:`rank_search.config.save_rank_config`), accepted
 as-is by ``rank-search train`` and :func:`rank_search.config.load_rank_config`. Each carries
 its origin in ``provenance``: ``study``, ``trial_id``, ``optuna_trial_number``,
 ``val_accuracy``, ``epochs``, ``search_dir``, plus ``macs``, ``budget_macs`` and ``place``
-(1 = best).
+(1 = best); under a latency budget (``axis="latency"``) ``budget_macs`` is null and
+``latency_ms`` and ``budget_latency_ms`` are added.
 
 File names: with ``top=1`` the output path as given; with ``top=K>1`` the best goes to the
 output path and the k-th best to ``<stem>-k<suffix>`` beside it (``best.json``,
@@ -42,10 +43,12 @@ def _json_number(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def provenance(results: SearchResults, row: pd.Series, place: int, budget_macs: float) -> dict[str, Any]:
-    """Where an exported config came from."""
+def provenance(
+    results: SearchResults, row: pd.Series, place: int, budget_macs: float, axis: str = "macs"
+) -> dict[str, Any]:
+    """Where an exported config came from (``budget_macs`` is in ms for ``axis="latency"``)."""
     number = row["optuna_trial_number"]
-    return {
+    out = {
         "study": results.manifest.study_name,
         "trial_id": str(row["trial_id"]),
         "optuna_trial_number": None if pd.isna(number) else int(number),
@@ -53,10 +56,13 @@ def provenance(results: SearchResults, row: pd.Series, place: int, budget_macs: 
         "epochs": int(row["epochs"]),
         "search_dir": str(results.directory.resolve()),
         "macs": int(row["macs"]),
-        "budget_macs": int(budget_macs),
+        "budget_macs": int(budget_macs) if axis == "macs" else None,
         "place": place,
         "tags": list(row["tags"]),
     }
+    if axis == "latency":
+        out.update(latency_ms=_json_number(float(row["latency_ms"])), budget_latency_ms=float(budget_macs))
+    return out
 
 
 def trial_rank_config(results: SearchResults, trial_id: str) -> RankConfig:
@@ -76,17 +82,20 @@ def export_best(
     *,
     top: int = 1,
     metric: str = "val_accuracy",
+    axis: str = "macs",
 ) -> list[Path]:
-    """Write the ``top`` best fully-trained configs with ``macs <= budget_macs``; return the paths.
+    """Write the ``top`` best fully-trained configs with cost ``<= budget_macs``; return the paths.
+
+    The cost is MACs, or the predicted ``latency_ms`` for ``axis="latency"`` (budget in ms).
 
     Raises :class:`~rank_search.errors.BudgetError` (naming the cheapest fully-trained trial)
     when no fully-trained trial meets the budget. Fewer than ``top`` files are written when
     fewer trials fit.
     """
-    chosen = select_at_budget(results.trials, budget_macs, top=top, metric=metric)
+    chosen = select_at_budget(results.trials, budget_macs, top=top, metric=metric, axis=axis)
     written = []
     for place, (path, (_, row)) in enumerate(zip(output_paths(output, len(chosen)), chosen.iterrows()), 1):
         config = trial_rank_config(results, str(row["trial_id"]))
-        config.provenance = provenance(results, row, place, budget_macs)
+        config.provenance = provenance(results, row, place, budget_macs, axis)
         written.append(save_rank_config(config, path))
     return written

@@ -1,4 +1,9 @@
-"""Pareto fronts, the fitted accuracy-vs-MACs front, and selection under a MACs budget.
+"""Pareto fronts, the fitted accuracy-vs-cost front, and selection under a budget.
+
+The cost axis is MACs (``axis="macs"``, the ``macs`` column) or the predicted latency of a
+latency-budget search (``axis="latency"``, the ``latency_ms`` column, ms per batch on the
+search's device); every function here takes ``axis`` (default MACs). Trials without a value
+on the axis are left out.
 
 Only fully-trained trials (status ``completed`` and every planned epoch run) can be on the
 front or be selected: an early-stopped, failed, diverged or still-running trial's accuracy is
@@ -21,6 +26,27 @@ import pandas as pd
 from ..errors import BudgetError, RankSearchError
 
 DIRECTIONS = ("min", "max")
+AXES = {"macs": "macs", "latency": "latency_ms"}  # axis -> trials column
+AXIS_UNITS = {"macs": "MACs", "latency": "ms"}
+
+
+def axis_column(axis: str) -> str:
+    """The trials column of ``axis`` (``macs`` | ``latency``)."""
+    if axis not in AXES:
+        raise RankSearchError(f"axis must be one of {list(AXES)}, got {axis!r}")
+    return AXES[axis]
+
+
+def _on_axis(trials: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Fully-trained trials with a value on ``axis``."""
+    column = axis_column(axis)
+    if column not in trials:
+        return trials.iloc[0:0]
+    return trials[trials["fully_trained"] & trials[column].notna()]
+
+
+def _amount(value: float, axis: str) -> str:
+    return f"{value:,.0f} MACs" if axis == "macs" else f"{value:.3f} ms"
 
 
 def non_dominated(
@@ -58,17 +84,18 @@ def non_dominated(
 
 
 def pareto_front(
-    trials: pd.DataFrame, metric: str = "val_accuracy", *, duplicates: str = "first"
+    trials: pd.DataFrame, metric: str = "val_accuracy", *, duplicates: str = "first", axis: str = "macs"
 ) -> pd.DataFrame:
-    """The fully-trained trials not dominated in (``metric`` up, ``macs`` down), by MACs ascending.
+    """The fully-trained trials not dominated in (``metric`` up, cost down), by cost ascending.
 
-    Along the returned front both MACs and ``metric`` strictly increase.
+    The cost is the ``axis`` column (MACs or ``latency_ms``). Along the returned front both the
+    cost and ``metric`` strictly increase.
     """
-    pool = trials[trials["fully_trained"]]
+    pool, column = _on_axis(trials, axis), axis_column(axis)
     if pool.empty:
         return pool.copy()
-    index = non_dominated(pool[["macs", metric]].to_numpy(float), ["min", "max"], duplicates=duplicates)
-    return pool.iloc[index].sort_values("macs", kind="stable")
+    index = non_dominated(pool[[column, metric]].to_numpy(float), ["min", "max"], duplicates=duplicates)
+    return pool.iloc[index].sort_values(column, kind="stable")
 
 
 # --- the fitted front ---------------------------------------------------------------------------
@@ -79,7 +106,8 @@ MIN_FIT_POINTS = 3
 
 @dataclass(frozen=True)
 class FrontPrediction:
-    """Predicted accuracy at ``macs`` with a ``level`` band; NaN where the fit can't say."""
+    """Predicted accuracy at ``macs`` (the cost on the fit's axis) with a ``level`` band; NaN where
+    the fit can't say."""
 
     macs: float
     accuracy: float
@@ -94,6 +122,8 @@ class FrontPrediction:
 @dataclass(frozen=True)
 class FrontFit:
     """Monotone piecewise-linear front in log(MACs), with a bootstrap band.
+
+    On ``axis="latency"`` read "latency" for "MACs" throughout (``knots_macs`` hold ms).
 
     How: the non-dominated fully-trained trials, sorted by MACs, have strictly increasing
     accuracy, so linear interpolation between them in log(MACs) is already a monotone
@@ -120,6 +150,7 @@ class FrontFit:
     n_trials: int
     level: float = 0.9
     boot_knots: tuple[tuple[np.ndarray, np.ndarray], ...] = field(default=())
+    axis: str = "macs"
 
     def curve(self, macs: np.ndarray | Sequence[float]) -> np.ndarray:
         """Fitted accuracy at each of ``macs`` (NaN when not ``ok`` or below the range)."""
@@ -152,7 +183,8 @@ class FrontFit:
         extrapolated = macs > float(self.knots_macs[-1])
         message = ""
         if math.isnan(accuracy):
-            message = f"{macs:,.0f} MACs is below the cheapest front point ({self.knots_macs[0]:,.0f})"
+            cheapest = _amount(float(self.knots_macs[0]), self.axis)
+            message = f"{_amount(macs, self.axis)} is below the cheapest front point ({cheapest})"
         elif extrapolated:
             message = "above the most expensive front point: held flat (a lower bound)"
         return FrontPrediction(macs, accuracy, low, high, self.level, extrapolated, True, message)
@@ -178,13 +210,15 @@ def fit_front(
     n_boot: int = 200,
     level: float = 0.9,
     seed: int = 0,
+    axis: str = "macs",
 ) -> FrontFit:
-    """Fit the monotone front of the fully-trained trials (see :class:`FrontFit`).
+    """Fit the monotone front of the fully-trained trials on ``axis`` (see :class:`FrontFit`).
 
     Needs at least 3 non-dominated points; otherwise the result has ``ok=False`` and says so.
     """
-    pool = trials[trials["fully_trained"] & (trials["macs"] > 0)]
-    macs, accuracy = pool["macs"].to_numpy(float), pool[metric].to_numpy(float)
+    pool, column = _on_axis(trials, axis), axis_column(axis)
+    pool = pool[pool[column] > 0]
+    macs, accuracy = pool[column].to_numpy(float), pool[metric].to_numpy(float)
     if len(pool) == 0:
         kx, ky = np.array([]), np.array([])
     else:
@@ -194,14 +228,14 @@ def fit_front(
             f"not enough points to fit a front (need >= {MIN_FIT_POINTS} non-dominated fully-trained "
             f"trials, have {len(kx)} from {len(pool)} fully-trained)"
         )
-        return FrontFit(kx, ky, False, message, len(pool), level)
+        return FrontFit(kx, ky, False, message, len(pool), level, axis=axis)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         pick = np.unique(rng.integers(0, len(pool), len(pool)))
         boots.append(_front_knots(macs[pick], accuracy[pick]))
     message = f"{len(kx)} front points from {len(pool)} fully-trained trials; band: {n_boot} bootstraps"
-    return FrontFit(kx, ky, True, message, len(pool), level, tuple(boots))
+    return FrontFit(kx, ky, True, message, len(pool), level, tuple(boots), axis)
 
 
 # --- budgets and selection ----------------------------------------------------------------------
@@ -226,37 +260,43 @@ def resolve_budget(
     return None
 
 
-def _describe(row: pd.Series) -> str:
+def _describe(row: pd.Series, axis: str = "macs") -> str:
     number = row["optuna_trial_number"]
     optuna = f" (optuna #{int(number)})" if not pd.isna(number) else ""
     fraction = row["macs_fraction"]
     frac = f", {fraction:.3f} of dense" if math.isfinite(fraction) else ""
-    return f"trial {row['trial_id']}{optuna} with {int(row['macs']):,} MACs{frac}"
+    latency = f", {row['latency_ms']:.3f} ms predicted latency" if axis == "latency" else ""
+    return f"trial {row['trial_id']}{optuna} with {int(row['macs']):,} MACs{frac}{latency}"
 
 
 def select_at_budget(
-    trials: pd.DataFrame, max_macs: float, *, top: int = 1, metric: str = "val_accuracy"
+    trials: pd.DataFrame, max_macs: float, *, top: int = 1, metric: str = "val_accuracy", axis: str = "macs"
 ) -> pd.DataFrame:
-    """The ``top`` fully-trained trials with ``macs <= max_macs``, best ``metric`` first.
+    """The ``top`` fully-trained trials with cost ``<= max_macs``, best ``metric`` first.
 
-    Ties in ``metric`` go to fewer MACs, then the earlier trial. Raises :class:`BudgetError`
-    naming the cheapest fully-trained trial when none fits (or when none is fully trained).
+    The cost is the ``axis`` column (``max_macs`` is then in ms for ``axis="latency"``). Ties in
+    ``metric`` go to the cheaper trial, then the earlier one. Raises :class:`BudgetError` naming
+    the cheapest fully-trained trial when none fits (or when none is fully trained).
     """
     if top < 1:
         raise RankSearchError(f"--top must be >= 1, got {top}")
-    pool = trials[trials["fully_trained"]]
+    column = axis_column(axis)
+    pool = _on_axis(trials, axis)
     if pool.empty:
         counts = trials["status"].value_counts().to_dict()
-        raise BudgetError(f"no fully-trained trial yet (trials by status: {counts})")
-    fits = pool[pool["macs"] <= max_macs]
+        what = "" if axis == "macs" else " with a recorded latency_ms"
+        raise BudgetError(f"no fully-trained trial{what} yet (trials by status: {counts})")
+    fits = pool[pool[column] <= max_macs]
     if fits.empty:
-        cheapest = pool.sort_values(["macs"], kind="stable").iloc[0]
+        cheapest = pool.sort_values([column], kind="stable").iloc[0]
         dense = cheapest["dense_macs"]
-        budget = f"{max_macs:,.0f} MACs" + (f" ({max_macs / dense:.3f} of dense)" if dense > 0 else "")
+        budget = _amount(max_macs, axis)
+        if axis == "macs" and dense > 0:
+            budget += f" ({max_macs / dense:.3f} of dense)"
         raise BudgetError(
             f"no fully-trained trial meets the budget of {budget}; the cheapest fully-trained is "
-            f"{_describe(cheapest)}"
+            f"{_describe(cheapest, axis)}"
         )
     ranked = fits.assign(_order=np.arange(len(fits)))
-    ranked = ranked.sort_values([metric, "macs", "_order"], ascending=[False, True, True], kind="stable")
+    ranked = ranked.sort_values([metric, column, "_order"], ascending=[False, True, True], kind="stable")
     return ranked.drop(columns="_order").head(top)

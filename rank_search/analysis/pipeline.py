@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from .._io import atomic_write, atomic_write_json, atomic_write_text
-from ..errors import BudgetError
+from ..errors import BudgetError, RankSearchError
 from .allocation import Allocation, allocation_vs_uniform
 from .baselines import Baselines, baselines
 from .pareto import FrontFit, FrontPrediction, fit_front, pareto_front, resolve_budget, select_at_budget
@@ -52,6 +52,17 @@ class Analysis:
     curves: pd.DataFrame
     spectra: list[tuple[str, list[LayerSpectrum]]] = field(default_factory=list)
     top_fraction: float = 0.25
+    axis: str = "macs"  # what the front, fit and selection use as cost: macs | latency
+    budget_latency_ms: float | None = None  # the budget on the latency axis (budget_macs is None then)
+
+    @property
+    def budget(self) -> float | None:
+        """The budget on :attr:`axis` (MACs, or ms of predicted latency)."""
+        return self.budget_latency_ms if self.axis == "latency" else self.budget_macs
+
+    @property
+    def axis_column(self) -> str:
+        return "latency_ms" if self.axis == "latency" else "macs"
 
     @property
     def counts(self) -> dict[str, int]:
@@ -59,12 +70,12 @@ class Analysis:
 
 
 def _select(
-    trials: pd.DataFrame, budget: int | None, top: int
+    trials: pd.DataFrame, budget: float | None, top: int, axis: str = "macs"
 ) -> tuple[pd.DataFrame, str | None, str | None]:
     """Top-k under the budget, an error text if none fits, and the trial to show the allocation of."""
     if budget is not None:
         try:
-            chosen = select_at_budget(trials, budget, top=top)
+            chosen = select_at_budget(trials, budget, top=top, axis=axis)
         except BudgetError as exc:
             return trials.iloc[0:0], str(exc), None
         return chosen, None, str(chosen.iloc[0]["trial_id"])
@@ -79,31 +90,59 @@ def _load_spectra(runs: Sequence[str | Path]) -> list[tuple[str, list[LayerSpect
     return [(run_label(run), layer_spectra(load_run_model(run)[0])) for run in runs]
 
 
+def choose_axis(results: SearchResults, axis: str | None, *, macs_budget: bool, latency_budget: bool) -> str:
+    """``axis`` if given, else ``latency`` when a latency budget is given or the search had one,
+    else ``macs``. Raises for a budget on the other axis or a latency axis without latencies."""
+    if axis is None:
+        macs_given = macs_budget and not latency_budget
+        axis = (
+            "latency" if latency_budget or (results.manifest.budget_latency_ms and not macs_given) else "macs"
+        )
+    if axis not in ("macs", "latency"):
+        raise RankSearchError(f"--axis must be macs or latency, got {axis!r}")
+    if (axis == "macs" and latency_budget) or (axis == "latency" and macs_budget):
+        raise RankSearchError(
+            f"a {'latency' if latency_budget else 'MACs'} budget does not apply to --axis {axis}"
+        )
+    if axis == "latency" and not results.trials["latency_ms"].notna().any():
+        raise RankSearchError(
+            f"{results.directory}: no trial recorded a latency_ms (a MACs-budget search); use --axis macs"
+        )
+    return axis
+
+
 def compute_analysis(
     directory: str | Path, *, budget_fraction: float | None = None, max_macs: float | None = None,
     runs: Sequence[str | Path] = (), top: int = 5, importance: bool = True, n_boot: int = 200,
-    top_fraction: float = 0.25,
+    top_fraction: float = 0.25, max_latency_ms: float | None = None, axis: str | None = None,
 ) -> Analysis:  # fmt: skip
     """Load ``directory`` and compute the front, fit, selection, redundancy, curves and spectra.
 
-    The budget is ``budget_fraction`` of dense MACs or ``max_macs``; neither -> the search's own
-    ``budget_macs`` (if any).
+    ``axis`` (``macs`` | ``latency``; default: see :func:`choose_axis`) is the cost of the front,
+    fit and selection. The budget is ``budget_fraction`` of dense MACs or ``max_macs`` (MACs
+    axis) or ``max_latency_ms`` (latency axis); none -> the search's own budget on that axis.
     """
     results = load_search(directory)
     trials = results.trials
+    if max_latency_ms is not None and not max_latency_ms > 0:
+        raise RankSearchError(f"--max-latency-ms must be > 0, got {max_latency_ms}")
+    macs_given = budget_fraction is not None or max_macs is not None
+    axis = choose_axis(results, axis, macs_budget=macs_given, latency_budget=max_latency_ms is not None)
     budget = resolve_budget(results.dense_macs, fraction=budget_fraction, max_macs=max_macs)
-    if budget is None:
+    if budget is None and axis == "macs":
         budget = results.manifest.budget_macs
-    fit = fit_front(trials, n_boot=n_boot)
-    selection, error, chosen_id = _select(trials, budget, top)
+    latency = max_latency_ms if max_latency_ms is not None else results.manifest.budget_latency_ms
+    on_axis = latency if axis == "latency" else budget
+    fit = fit_front(trials, n_boot=n_boot, axis=axis)
+    selection, error, chosen_id = _select(trials, on_axis, top, axis)
     importances, note = optuna_importances(results.manifest) if importance else (None, "not requested")
     planned = int(trials["epochs_planned"].max()) if len(trials) else 0
     return Analysis(
         results=results,
-        budget_macs=budget,
-        front=pareto_front(trials),
+        budget_macs=budget if axis == "macs" else None,
+        front=pareto_front(trials, axis=axis),
         fit=fit,
-        prediction=fit.predict(budget) if budget is not None else None,
+        prediction=fit.predict(on_axis) if on_axis is not None else None,
         baselines=baselines(results),
         selection=selection,
         selection_error=error,
@@ -117,6 +156,8 @@ def compute_analysis(
         curves=learning_curves(trials),
         spectra=_load_spectra(runs),
         top_fraction=top_fraction,
+        axis=axis,
+        budget_latency_ms=latency if axis == "latency" else None,
     )
 
 
@@ -148,6 +189,8 @@ def _write_tables(analysis: Analysis, out: Path) -> list[Path]:
         "epochs",
         "tags",
     ]
+    if analysis.axis == "latency":
+        base.insert(5, "latency_ms")
     paths.append(_write_csv(flat_for_csv(analysis.front[base]), out / "pareto.csv"))
     if not analysis.selection.empty:
         paths.append(_write_csv(flat_for_csv(analysis.selection[base]), out / "top.csv"))
@@ -168,7 +211,8 @@ def make_figures(analysis: Analysis) -> dict[str, Any]:
     planned = int(analysis.results.trials["epochs_planned"].max())
     figures: dict[str, Any] = {
         "pareto": plots.plot_pareto(analysis.results.trials, analysis.front, analysis.fit, analysis.baselines,
-                                    budget_macs=analysis.budget_macs, chosen_id=analysis.chosen_id),
+                                    budget_macs=analysis.budget, chosen_id=analysis.chosen_id,
+                                    axis=analysis.axis),
         "learning_curves": plots.plot_learning_curves(analysis.curves, rungs=analysis.rungs,
                                                       epochs_planned=planned),
     }  # fmt: skip
@@ -220,7 +264,9 @@ def _clean(value: Any) -> Any:
 
 
 def _trial_summary(row: pd.Series) -> dict[str, Any]:
-    keys = ("trial_id", "optuna_trial_number", "macs", "macs_fraction", "params", "val_accuracy", "epochs")
+    keys = ["trial_id", "optuna_trial_number", "macs", "macs_fraction", "params", "val_accuracy", "epochs"]
+    if "latency_ms" in row and not pd.isna(row["latency_ms"]):
+        keys.append("latency_ms")
     out = {k: _clean(None if pd.isna(row[k]) else row[k]) for k in keys}
     for key in ("macs", "params"):
         out[key] = None if out[key] is None else int(out[key])
@@ -231,7 +277,7 @@ def _trial_summary(row: pd.Series) -> dict[str, Any]:
 def summary(analysis: Analysis) -> dict[str, Any]:
     """The key numbers as a JSON-able dict (also written to ``summary.json``)."""
     base = analysis.baselines
-    uniform = base.best_uniform_at(analysis.budget_macs)
+    uniform = base.best_uniform_at(analysis.budget, column=analysis.axis_column)
     prediction = analysis.prediction
     manifest = analysis.results.manifest
     return {
@@ -239,7 +285,9 @@ def summary(analysis: Analysis) -> dict[str, Any]:
         "study": manifest.study_name,
         "search_status": manifest.status,
         "trials": analysis.counts,
+        "axis": analysis.axis,
         "budget_macs": analysis.budget_macs,
+        "budget_latency_ms": analysis.budget_latency_ms,
         "budget_fraction": _clean(analysis.budget_macs / base.dense_macs)
         if analysis.budget_macs and base.dense_macs > 0 else None,
         "best_at_budget": [_trial_summary(row) for _, row in analysis.selection.iterrows()],

@@ -51,17 +51,17 @@ def save_figure(fig: Figure, directory: str | Path, stem: str, *, dpi: int = 150
 # --- Pareto -------------------------------------------------------------------------------------
 
 
-def _scatter_trials(ax: Axes, trials: pd.DataFrame, metric: str) -> None:
+def _scatter_trials(ax: Axes, trials: pd.DataFrame, metric: str, x: str = "macs") -> None:
     full = trials[trials["fully_trained"]]
-    ax.scatter(full["macs"], full[metric], s=18, color="0.35", alpha=0.35, label="fully trained", zorder=2)
+    ax.scatter(full[x], full[metric], s=18, color="0.35", alpha=0.35, label="fully trained", zorder=2)
     partial = trials[~trials["fully_trained"] & ~trials["status"].isin(FAILED_STATUSES)]
     for status, group in partial.groupby("status"):
         marker, colour, label = STATUS_STYLE.get(str(status), ("o", "0.6", str(status)))
-        ax.scatter(group["macs"], group[metric], s=22, marker=marker, facecolors="none", edgecolors=colour,
+        ax.scatter(group[x], group[metric], s=22, marker=marker, facecolors="none", edgecolors=colour,
                    alpha=0.7, label=label, zorder=2)  # fmt: skip
     failed = trials[trials["status"].isin(FAILED_STATUSES)]
     if not failed.empty:  # no accuracy: mark them along the bottom edge
-        ax.scatter(failed["macs"], np.zeros(len(failed)), marker="x", color="tab:red", s=26, zorder=3,
+        ax.scatter(failed[x], np.zeros(len(failed)), marker="x", color="tab:red", s=26, zorder=3,
                    transform=ax.get_xaxis_transform(), clip_on=False, label="failed / diverged")  # fmt: skip
 
 
@@ -77,11 +77,11 @@ def _draw_fit(ax: Axes, fit: FrontFit, x_max: float) -> None:
                     label=f"{round(fit.level * 100)}% bootstrap band", zorder=1)  # fmt: skip
 
 
-def _draw_baselines(ax: Axes, base: Baselines, metric: str) -> None:
+def _draw_baselines(ax: Axes, base: Baselines, metric: str, x: str = "macs") -> None:
     if not base.uniform.empty:
-        ax.plot(base.uniform["macs"], base.uniform[metric], "D--", color="tab:purple", ms=5, lw=1,
+        ax.plot(base.uniform[x], base.uniform[metric], "D--", color="tab:purple", ms=5, lw=1,
                 label="uniform ratio", zorder=4)  # fmt: skip
-    if math.isfinite(base.dense_macs):
+    if x == "macs" and math.isfinite(base.dense_macs):  # the dense model's latency is not recorded
         if math.isfinite(base.dense_accuracy):
             ax.scatter([base.dense_macs], [base.dense_accuracy], marker="*", s=160, color="gold",
                        edgecolors="black", label="dense", zorder=5)  # fmt: skip
@@ -89,43 +89,55 @@ def _draw_baselines(ax: Axes, base: Baselines, metric: str) -> None:
             ax.axvline(base.dense_macs, color="0.5", ls=":", lw=1, label="dense MACs")
 
 
+def _fraction_axis(ax: Axes, dense: float) -> None:
+    """A top axis in fractions of the dense model's MACs."""
+
+    def to_fraction(x: ArrayLike) -> np.ndarray:
+        return np.asarray(x, dtype=float) / dense
+
+    def to_macs(f: ArrayLike) -> np.ndarray:
+        return np.asarray(f, dtype=float) * dense
+
+    top = ax.secondary_xaxis("top", functions=(to_fraction, to_macs))
+    top.set_xlabel("fraction of dense MACs")
+    _plain_log_ticks(top.xaxis)
+
+
+AXIS_LABELS = {"macs": "MACs per sample (log)", "latency": "predicted latency, ms per batch (log)"}
+
+
 def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, fit: FrontFit, base: Baselines, *,
                 budget_macs: float | None = None, chosen_id: str | None = None,
-                metric: str = "val_accuracy") -> Figure:  # fmt: skip
-    """Accuracy vs MACs: every trial (faded; early-stopped, running and failed marked apart),
+                metric: str = "val_accuracy", axis: str = "macs") -> Figure:  # fmt: skip
+    """Accuracy vs cost: every trial (faded; early-stopped, running and failed marked apart),
     the non-dominated front (attained, as steps), the fitted front with its band, the dense and
-    uniform baselines, the budget line and the chosen trial."""
+    uniform baselines, the budget line and the chosen trial.
+
+    ``axis``: ``macs`` (x = MACs, with a top axis in fractions of dense) or ``latency`` (x = the
+    predicted ``latency_ms``; ``budget_macs`` is then in ms and the dense point is not drawn).
+    """
+    x = "latency_ms" if axis == "latency" else "macs"
     fig = Figure(figsize=(7.5, 5.0))
     ax = fig.add_subplot()
-    _scatter_trials(ax, trials, metric)
-    x_max = float(np.nanmax(trials["macs"])) if trials["macs"].notna().any() else 1.0
+    _scatter_trials(ax, trials, metric, x)
+    x_max = float(np.nanmax(trials[x])) if trials[x].notna().any() else 1.0
     if not front.empty:
-        ax.step(front["macs"], front[metric], where="post", color="black", lw=1.2, marker="o", ms=5,
+        ax.step(front[x], front[metric], where="post", color="black", lw=1.2, marker="o", ms=5,
                 label="Pareto front (fully trained)", zorder=4)  # fmt: skip
     _draw_fit(ax, fit, x_max)
-    _draw_baselines(ax, base, metric)
+    _draw_baselines(ax, base, metric, x)
     if budget_macs:
         ax.axvline(budget_macs, color="tab:red", ls="--", lw=1, label="budget")
     chosen = trials[trials["trial_id"] == chosen_id]
     if not chosen.empty:
-        ax.scatter(chosen["macs"], chosen[metric], s=140, facecolors="none", edgecolors="tab:red", lw=2,
+        ax.scatter(chosen[x], chosen[metric], s=140, facecolors="none", edgecolors="tab:red", lw=2,
                    label=f"chosen ({chosen_id})", zorder=6)  # fmt: skip
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
-    ax.set_xlabel("MACs per sample (log)")
+    ax.set_xlabel(AXIS_LABELS.get(axis, x))
     ax.set_ylabel(metric.replace("_", " "))
-    if math.isfinite(base.dense_macs) and base.dense_macs > 0:
-        dense = base.dense_macs
-
-        def to_fraction(x: ArrayLike) -> np.ndarray:
-            return np.asarray(x, dtype=float) / dense
-
-        def to_macs(f: ArrayLike) -> np.ndarray:
-            return np.asarray(f, dtype=float) * dense
-
-        top = ax.secondary_xaxis("top", functions=(to_fraction, to_macs))
-        top.set_xlabel("fraction of dense MACs")
-        _plain_log_ticks(top.xaxis)
+    if axis == "macs" and math.isfinite(base.dense_macs) and base.dense_macs > 0:
+        _fraction_axis(ax, base.dense_macs)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="lower right")
     return fig

@@ -63,28 +63,34 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _trial_rows(frame: pd.DataFrame) -> list[list[Any]]:
+def _trial_rows(frame: pd.DataFrame, latency: bool = False) -> list[list[Any]]:
     rows = []
     for place, (_, row) in enumerate(frame.iterrows(), 1):
         number = None if pd.isna(row["optuna_trial_number"]) else int(row["optuna_trial_number"])
-        rows.append([place, row["trial_id"], number, int(row["macs"]), float(row["macs_fraction"]),
-                     float(row["val_accuracy"]), int(row["epochs"]), list(row["tags"])])  # fmt: skip
+        cells = [place, row["trial_id"], number, int(row["macs"]), float(row["macs_fraction"])]
+        cells += [float(row["latency_ms"])] if latency else []
+        rows.append([*cells, float(row["val_accuracy"]), int(row["epochs"]), list(row["tags"])])
     return rows
 
 
 def _key_numbers(analysis: Analysis) -> str:
     counts = analysis.counts
     parts = ["<h2>Trials</h2>", _table(list(counts), [list(counts.values())])]
-    budget = analysis.budget_macs
+    budget = analysis.budget
     dense = analysis.baselines.dense_macs
     if budget is not None:
-        frac = f" ({budget / dense:.3f} of dense)" if dense > 0 else ""
-        parts.append(f"<h2>Best at the budget: {budget:,} MACs{html.escape(frac)}</h2>")
+        if analysis.axis == "latency":
+            text = f"{budget:.3f} ms predicted latency"
+        else:
+            text = f"{budget:,} MACs" + (f" ({budget / dense:.3f} of dense)" if dense > 0 else "")
+        parts.append(f"<h2>Best at the budget: {html.escape(text)}</h2>")
         if analysis.selection_error:
             parts.append(f'<p class="warn">{html.escape(analysis.selection_error)}</p>')
         else:
-            headers = ["place", "trial", "optuna #", "MACs", "fraction", "val acc", "epochs", "tags"]
-            parts.append(_table(headers, _trial_rows(analysis.selection)))
+            latency = analysis.axis == "latency"
+            headers = ["place", "trial", "optuna #", "MACs", "fraction"] + (["latency ms"] if latency else [])
+            headers += ["val acc", "epochs", "tags"]
+            parts.append(_table(headers, _trial_rows(analysis.selection, latency)))
     else:
         parts.append("<p>No budget given and none recorded in search.json.</p>")
     parts.append(
@@ -97,10 +103,11 @@ def _baseline_rows(analysis: Analysis) -> list[list[Any]]:
     base = analysis.baselines
     dense_accuracy = base.dense_accuracy if base.dense_trial_id else "no dense trial"
     rows: list[list[Any]] = [["dense MACs", base.dense_macs], ["dense val accuracy", dense_accuracy]]
-    uniform = base.best_uniform_at(analysis.budget_macs)
+    uniform = base.best_uniform_at(analysis.budget, column=analysis.axis_column)
     if uniform is not None:
+        latency = f", {uniform['latency_ms']:.3f} ms" if analysis.axis == "latency" else ""
         rows.append([f"best uniform within budget ({uniform['trial_id']})",
-                     f"{uniform['val_accuracy']:.4f} at {int(uniform['macs']):,} MACs"])  # fmt: skip
+                     f"{uniform['val_accuracy']:.4f} at {int(uniform['macs']):,} MACs{latency}"])  # fmt: skip
     else:
         rows.append(["uniform baseline", "no fully-trained uniform trial within the budget"])
     rows.append(["Pareto front points", len(analysis.front)])

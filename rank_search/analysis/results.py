@@ -10,7 +10,8 @@ Columns of :attr:`SearchResults.trials`, in this order:
 * ``trial_id``, ``optuna_trial_number`` (nullable int), ``status``, ``epochs``, ``epochs_planned``,
   ``fully_trained`` (status ``completed`` and ``epochs >= epochs_planned`` and a finite
   ``val_accuracy``), ``tags`` (list of str);
-* ``macs``, ``dense_macs``, ``macs_fraction`` (= macs / dense_macs), ``params``;
+* ``macs``, ``dense_macs``, ``macs_fraction`` (= macs / dense_macs), ``params``, ``latency_ms``
+  (predicted ms per batch under a latency budget; NaN for MACs searches);
 * ``val_accuracy`` (last epoch, fraction), ``best_val_accuracy``, ``wall_time_s``, ``node_id``, ``error``;
 * ``regularizer``, ``regularizer_weight``;
 * per layer, in network (execution) order: ``format:<layer>`` (dense/tucker2/svd) and
@@ -90,6 +91,9 @@ class SearchManifest:
     asha: AshaSettings
     metric: str
     raw: dict[str, Any] = field(default_factory=dict)
+    budget_latency_ms: float | None = None  # latency budgets only (else None)
+    latency_device: str | None = None
+    latency_batch_size: int | None = None
 
 
 @dataclass
@@ -144,6 +148,11 @@ def _opt_int(value: Any) -> int | None:
         return None
 
 
+def _opt_float(value: Any) -> float | None:
+    number = _num(value)
+    return number if math.isfinite(number) else None
+
+
 def _parse_asha(data: Any) -> AshaSettings:
     if not isinstance(data, Mapping):
         return AshaSettings()
@@ -185,6 +194,9 @@ def load_manifest(directory: str | Path) -> SearchManifest:
         asha=_parse_asha(data.get("asha")),
         metric=str(data.get("metric") or "val_accuracy"),
         raw=data,
+        budget_latency_ms=_opt_float(data.get("budget_latency_ms")),
+        latency_device=data.get("latency_device") if isinstance(data.get("latency_device"), str) else None,
+        latency_batch_size=_opt_int(data.get("latency_batch_size")),
     )
 
 
@@ -313,6 +325,7 @@ def _base_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "dense_macs": dense,
         "macs_fraction": macs / dense if dense and math.isfinite(dense) else math.nan,
         "params": _num(record.get("params")),
+        "latency_ms": _num(record.get("latency_ms")),
         "val_accuracy": accuracy,
         "best_val_accuracy": _num(record.get("best_val_accuracy")),
         "wall_time_s": _num(record.get("wall_time_s")),

@@ -13,6 +13,8 @@ def _budget_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
     group.add_argument("--budget", type=float, metavar="FRACTION",
                        help="MACs budget as a fraction of the dense model's MACs, e.g. 0.3")  # fmt: skip
     group.add_argument("--max-macs", type=float, metavar="N", help="MACs budget as an absolute count")
+    group.add_argument("--max-latency-ms", type=float, metavar="MS",
+                       help="latency budget: predicted ms per batch (latency-budget searches)")  # fmt: skip
 
 
 def add_parsers(sub: Any) -> None:
@@ -22,6 +24,9 @@ def add_parsers(sub: Any) -> None:
                        "figures (PNG + PDF) and report.html.")  # fmt: skip
     p.add_argument("directory", metavar="DIR", help="search directory (with search.json)")
     _budget_args(p, required=False)
+    p.add_argument("--axis", choices=("macs", "latency"),
+                   help="cost axis of the front and selection (default: latency if the search had a "
+                   "latency budget, else macs)")  # fmt: skip
     p.add_argument("--run", action="append", default=[], metavar="RUN_DIR", dest="runs",
                    help="a `rank-search train` run directory for the spectra plot (repeatable)")  # fmt: skip
     p.add_argument("--top", type=int, default=5, help="configs listed at the budget (default 5)")
@@ -47,6 +52,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     analysis, written = analyze(
         args.directory, out_dir=args.out, budget_fraction=args.budget, max_macs=args.max_macs, runs=args.runs,
         top=args.top, importance=not args.no_importance, n_boot=args.bootstrap,
+        max_latency_ms=args.max_latency_ms, axis=args.axis,
     )  # fmt: skip
     info = summary(analysis)
     counts = info["trials"]
@@ -55,25 +61,43 @@ def run_analyze(args: argparse.Namespace) -> int:
     )
     if analysis.budget_macs is not None:
         print(f"budget: {human(analysis.budget_macs)} MACs")
+    if analysis.budget_latency_ms is not None:
+        print(f"budget: {analysis.budget_latency_ms:.3f} ms predicted latency")
     if analysis.selection_error:
         print(f"no config at the budget: {analysis.selection_error}")
     elif not analysis.selection.empty:
-        rows = [(r["trial_id"], human(r["macs"]), float(r["macs_fraction"]), float(r["val_accuracy"]))
-                for _, r in analysis.selection.iterrows()]  # fmt: skip
-        print(format_table(["trial", "MACs", "fraction", "val_accuracy"], rows))
+        print(_selection_table(analysis.selection, analysis.axis == "latency"))
     print(f"front: {analysis.fit.message}")
     print(f"wrote {written['report'][0]}")
     return 0
+
+
+def _selection_table(selection: Any, latency: bool) -> str:
+    headers = ["trial", "MACs", "fraction"] + (["latency_ms"] if latency else []) + ["val_accuracy"]
+    rows = []
+    for _, r in selection.iterrows():
+        cost = [float(r["latency_ms"])] if latency else []
+        rows.append(
+            (r["trial_id"], human(r["macs"]), float(r["macs_fraction"]), *cost, float(r["val_accuracy"]))
+        )
+    return format_table(headers, rows)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from ..analysis.export import export_best
     from ..analysis.pareto import resolve_budget
     from ..analysis.results import load_search
+    from ..errors import RankSearchError
 
     results = load_search(args.directory)
-    budget = resolve_budget(results.dense_macs, fraction=args.budget, max_macs=args.max_macs)
+    if args.max_latency_ms is not None:
+        if not args.max_latency_ms > 0:
+            raise RankSearchError(f"--max-latency-ms must be > 0, got {args.max_latency_ms}")
+        budget: float | None = args.max_latency_ms
+    else:
+        budget = resolve_budget(results.dense_macs, fraction=args.budget, max_macs=args.max_macs)
     assert budget is not None  # the argument group is required
-    for path in export_best(results, budget, args.output, top=args.top):
+    axis = "latency" if args.max_latency_ms is not None else "macs"
+    for path in export_best(results, budget, args.output, top=args.top, axis=axis):
         print(f"wrote {path}")
     return 0

@@ -1,4 +1,4 @@
-"""``rank-search search STUDY.yaml -o DIR``: search per-layer ranks under a MACs budget."""
+"""``rank-search search STUDY.yaml -o DIR``: search per-layer ranks under a MACs or latency budget."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     print(
         f"best: trial {best.trial_id} val_accuracy {best.val_accuracy:.4f} at {best.macs:,} MACs "
         f"({human(best.macs)}, {best.macs / best.dense_macs:.3f} of dense)"
+        + (f", predicted latency {best.latency_ms:.3f} ms" if best.latency_ms is not None else "")
     )
     print(f"best rank config: {outcome.best_path}")
     return 0 if outcome.status == "finished" else 130

@@ -1,14 +1,23 @@
-"""MACs budgets: parsing, the smallest reachable budget, projection onto a budget, uniform configs.
+"""Budgets: parsing, the smallest reachable budget, projection onto a budget, uniform configs.
 
-All costs are analytic MACs (multiply-accumulates of conv and linear layers, one sample),
-computed from :meth:`LayerInfo.macs` before any training.
+A budget limits a *cost* of the sampled config, known before any training:
+
+* MACs (:data:`MACS`): analytic multiply-accumulates of conv and linear layers, one sample,
+  from :meth:`LayerInfo.macs` (``budget: 0.5``, ``{fraction: F}`` or ``{macs: N}``);
+* latency (:class:`LatencyCost`): the latency in ms of a batch on a device, *predicted* from
+  a prefilled per-layer :class:`~rank_search.latency.LatencyTable` without measuring
+  (``budget: {latency_ms: X, device: cpu, batch_size: 32}``).
+
+Every function below takes the cost as a :class:`CostModel` (default: MACs), so both budgets
+share one code path.
 
 Projection (the repair applied to every sampled config, so no trial trains over budget):
 
 1. A sample over the budget is scaled down: every low-rank unit's value (ratio or rank)
    is multiplied by one factor ``s`` in [0, 1] (kept within the unit's range, ranks
    re-rounded), with ``s`` the largest factor that fits, found by bisection. MACs are
-   monotone in ``s``, so bisection is exact up to rounding steps.
+   monotone in ``s``, so bisection is exact up to rounding steps; measured latency is only
+   roughly monotone, but bisection only ever keeps a factor that fits, so the result fits.
 2. If even ``s = 0`` (every low-rank unit at its minimum) is over the budget, units sampled
    as ``dense`` switch to their cheapest low-rank format, largest layers first, and if needed
    every unit takes its cheapest format.
@@ -24,20 +33,28 @@ sizes. In ``front`` mode only over-budget samples are changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import REGULARIZER_NAMES, RegularizerSpec
 from ..errors import BudgetError, ConfigError
 from .space import ResolvedSpace, Sample, Unit, UnitChoice
 
+if TYPE_CHECKING:
+    from ..latency import LatencyBudget, LatencyTable
+
 __all__ = [
+    "MACS",
     "Budget",
+    "CostModel",
+    "LatencyCost",
+    "MacsCost",
     "Projection",
     "check_budget",
     "parse_budget",
     "project",
+    "smallest_cost",
     "smallest_macs",
     "smallest_sample",
     "uniform_sample",
@@ -48,24 +65,33 @@ _BISECT_STEPS = 40
 
 @dataclass(frozen=True)
 class Budget:
-    """A MACs budget: a fraction of the dense model's MACs, or an absolute count."""
+    """A MACs budget (a fraction of the dense model's MACs, or an absolute count) or a
+    latency budget (``latency``: ms per batch on a device)."""
 
     fraction: float | None = None
     macs: int | None = None
+    latency: LatencyBudget | None = None
 
     def resolve(self, dense_macs: int) -> int:
-        """The budget in MACs for a model whose dense MACs are ``dense_macs``."""
+        """The budget in MACs for a model whose dense MACs are ``dense_macs`` (MACs budgets only)."""
         if self.macs is not None:
             return self.macs
-        assert self.fraction is not None
+        if self.fraction is None:
+            raise ValueError("a latency budget has no MACs value")
         return int(self.fraction * dense_macs)
 
     def to_dict(self) -> dict[str, Any]:
+        if self.latency is not None:
+            return self.latency.to_dict()
         return {"macs": self.macs} if self.macs is not None else {"fraction": self.fraction}
 
 
 def parse_budget(value: Any, key: str = "budget") -> Budget:
-    """``0.5``, ``{fraction: 0.5}`` or ``{macs: 20000000}``."""
+    """``0.5``, ``{fraction: 0.5}``, ``{macs: 20000000}`` or
+    ``{latency_ms: 3.0, device: cpu, batch_size: 32, threads: N}`` (see
+    :func:`rank_search.latency.parse_latency_budget` for the latency keys)."""
+    if isinstance(value, dict) and _is_latency(value):
+        return _parse_latency(value, key)
     if isinstance(value, dict):
         if len(value) != 1 or next(iter(value)) not in ("fraction", "macs"):
             raise ConfigError(f"expected {{fraction: F}} or {{macs: N}}, got {value!r}", key=key)
@@ -78,26 +104,140 @@ def parse_budget(value: Any, key: str = "budget") -> Budget:
     return Budget(fraction=_fraction(value, key))
 
 
+def _is_latency(value: Mapping[str, Any]) -> bool:
+    from ..latency import LATENCY_KEYS
+
+    return any(k in LATENCY_KEYS for k in value)
+
+
+def _parse_latency(value: Mapping[str, Any], key: str) -> Budget:
+    from ..latency import parse_latency_budget
+
+    latency = parse_latency_budget(value, key=key, other_keys=("fraction", "macs"))
+    mixed = sorted(k for k in ("fraction", "macs") if k in value)
+    if latency is None or mixed:
+        raise ConfigError(
+            f"a budget is either MACs ({{fraction: F}} or {{macs: N}}) or latency "
+            f"({{latency_ms: X, device: D, batch_size: B}}), not both; got {value!r}",
+            key=key,
+        )
+    return Budget(latency=latency)
+
+
 def _fraction(value: Any, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
         raise ConfigError(f"expected a fraction of the dense MACs in (0, 1], got {value!r}", key=key)
     return float(value)
 
 
+# --- costs -----------------------------------------------------------------------------------------
+
+
+class CostModel(Protocol):
+    """What a budget limits: a cost of a sample, known before training (MACs or predicted latency)."""
+
+    @property
+    def metric(self) -> str:
+        """Name of the cost in trial records and Ray metrics (``macs`` | ``latency_ms``)."""
+        ...
+
+    def __call__(self, space: ResolvedSpace, sample: Sample) -> float:
+        """The cost of ``sample`` (lower is cheaper)."""
+        ...
+
+    def below_smallest(self, space: ResolvedSpace, budget: float, least: float) -> BudgetError:
+        """The error for a ``budget`` below the smallest reachable cost ``least``."""
+        ...
+
+
+@dataclass(frozen=True)
+class MacsCost:
+    """Analytic MACs (conv + linear, one sample)."""
+
+    metric: str = "macs"
+
+    def __call__(self, space: ResolvedSpace, sample: Sample) -> float:
+        return space.macs(sample)
+
+    def below_smallest(self, space: ResolvedSpace, budget: float, least: float) -> BudgetError:
+        budget_macs, least_macs, dense = int(budget), int(least), space.dense_macs
+        fraction = math.ceil(least_macs / dense * 1e4) / 1e4  # rounded up, so it is reachable as given
+        return BudgetError(
+            f"budget {budget_macs:,} MACs ({budget_macs / dense:.4f} of dense {dense:,}) is below "
+            f"the smallest config space {space.space.source} allows for {space.model}: {least_macs:,} MACs "
+            f"({least_macs / dense:.4f} of dense), every searched layer at its minimum rank and cheapest "
+            f"format. Smallest reachable budget: fraction {fraction:.4f} or {{macs: {least_macs}}}; "
+            "or widen the space's rank ranges."
+        )
+
+
+MACS = MacsCost()
+
+
+@dataclass(frozen=True)
+class LatencyCost:
+    """Predicted latency (ms per batch of ``batch_size``) from a prefilled ``table``; never measures.
+
+    Picklable (the searcher holding it goes into Ray's experiment checkpoints).
+    """
+
+    table: LatencyTable
+    batch_size: int
+    metric: str = "latency_ms"
+
+    def __call__(self, space: ResolvedSpace, sample: Sample) -> float:
+        from ..latency import latency_of_config
+
+        return latency_of_config(self.table, space.rank_config(sample), self.batch_size, measure=False)
+
+    def below_smallest(self, space: ResolvedSpace, budget: float, least: float) -> BudgetError:
+        reachable = math.ceil(least * 1e3) / 1e3  # rounded up, so it is reachable as given
+        return BudgetError(
+            f"latency budget {budget:.3f} ms (batch {self.batch_size}, {self.table.key}) is below the "
+            f"smallest latency config space {space.space.source} reaches for {space.model}: {least:.3f} ms "
+            "predicted, every searched layer at its minimum rank and fastest format. Smallest reachable "
+            f"latency: {{latency_ms: {reachable}}}; or widen the space's rank ranges."
+        )
+
+
+def _with(sample: Sample, units: Mapping[str, UnitChoice], key: str, choice: UnitChoice) -> Sample:
+    return sample.replace_units({**units, key: choice})
+
+
+def _cheapest_format(
+    space: ResolvedSpace,
+    cost: CostModel,
+    sample: Sample,
+    unit: Unit,
+    value: float,
+    formats: Sequence[str] | None = None,
+) -> str:
+    """The format (of ``formats``, default the unit's) in which ``unit`` at ``value`` costs least
+    with every other unit as in ``sample`` (first one on ties)."""
+    units = sample.units
+    return min(
+        formats or unit.formats,
+        key=lambda f: cost(space, _with(sample, units, unit.key, UnitChoice(f, value))),
+    )
+
+
 # --- smallest reachable budget ------------------------------------------------------------------
 
 
-def _cheapest_format(unit: Unit, value: float) -> str:
-    return min(unit.formats, key=lambda fmt: unit.macs_delta(fmt, value))
-
-
-def smallest_sample(space: ResolvedSpace) -> Sample:
+def smallest_sample(space: ResolvedSpace, cost: CostModel = MACS) -> Sample:
     """Every unit at its minimum value in its cheapest format at that value."""
-    units = {}
+    sample = Sample({u.key: UnitChoice(u.formats[0], u.value_bounds[0]) for u in space.units})
     for unit in space.units:
         lo = unit.value_bounds[0]
-        units[unit.key] = UnitChoice(_cheapest_format(unit, lo), lo)
-    return Sample(units)
+        fmt = _cheapest_format(space, cost, sample, unit, lo)
+        sample = _with(sample, sample.units, unit.key, UnitChoice(fmt, lo))
+    return sample
+
+
+def smallest_cost(space: ResolvedSpace, cost: CostModel = MACS) -> float:
+    """The smallest cost any config of the space reaches (MACs: exact; latency: the fastest
+    format per unit at the minimum rank, measured latency being only roughly monotone)."""
+    return cost(space, smallest_sample(space, cost))
 
 
 def smallest_macs(space: ResolvedSpace) -> int:
@@ -105,19 +245,11 @@ def smallest_macs(space: ResolvedSpace) -> int:
     return space.macs(smallest_sample(space))
 
 
-def check_budget(space: ResolvedSpace, budget_macs: int) -> None:
-    """Raise :class:`BudgetError` if no config of the space fits ``budget_macs``."""
-    least = smallest_macs(space)
-    if budget_macs < least:
-        dense = space.dense_macs
-        fraction = math.ceil(least / dense * 1e4) / 1e4  # rounded up, so it is reachable as given
-        raise BudgetError(
-            f"budget {budget_macs:,} MACs ({budget_macs / dense:.4f} of dense {dense:,}) is below "
-            f"the smallest config space {space.space.source} allows for {space.model}: {least:,} MACs "
-            f"({least / dense:.4f} of dense), every searched layer at its minimum rank and cheapest format. "
-            f"Smallest reachable budget: fraction {fraction:.4f} or {{macs: {least}}}; "
-            "or widen the space's rank ranges."
-        )
+def check_budget(space: ResolvedSpace, budget: float, cost: CostModel = MACS) -> None:
+    """Raise :class:`BudgetError` naming the smallest reachable budget if no config fits ``budget``."""
+    least = smallest_cost(space, cost)
+    if budget < least:
+        raise cost.below_smallest(space, budget, least)
 
 
 # --- projection ------------------------------------------------------------------------------------
@@ -125,13 +257,16 @@ def check_budget(space: ResolvedSpace, budget_macs: int) -> None:
 
 @dataclass(frozen=True)
 class Projection:
-    """A sample repaired to fit a budget, with the sampled and final MACs."""
+    """A sample repaired to fit a budget, with the sampled and final MACs and cost (the budget's
+    unit: MACs, or predicted latency in ms)."""
 
     sample: Sample
     macs: int
     sampled_macs: int
     scale: float
     projected: bool
+    cost: float = math.nan
+    sampled_cost: float = math.nan
 
 
 def _scaled(space: ResolvedSpace, sample: Sample, s: float) -> Sample:
@@ -146,7 +281,8 @@ def _scaled(space: ResolvedSpace, sample: Sample, s: float) -> Sample:
 
 
 def _bisect(fits: Callable[[float], bool], lo: float, hi: float) -> float:
-    """Largest ``x`` in ``[lo, hi]`` with ``fits(x)``, given ``fits(lo)`` and monotone ``fits``."""
+    """Largest ``x`` in ``[lo, hi]`` with ``fits(x)``, given ``fits(lo)`` and monotone ``fits``
+    (otherwise some ``x`` with ``fits(x)``: only fitting points are kept)."""
     if fits(hi):
         return hi
     for _ in range(_BISECT_STEPS):
@@ -155,10 +291,11 @@ def _bisect(fits: Callable[[float], bool], lo: float, hi: float) -> float:
     return lo
 
 
-def _fill(space: ResolvedSpace, sample: Sample, caps: Mapping[str, float], budget: int) -> Sample:
-    """Raise units one rank level at a time (round-robin, up to ``caps``) while within budget."""
+def _fill(
+    space: ResolvedSpace, sample: Sample, caps: Mapping[str, float], fits: Callable[[Sample], bool]
+) -> Sample:
+    """Raise units one rank level at a time (round-robin, up to ``caps``) while the sample fits."""
     units = dict(sample.units)
-    total = space.macs(sample)
     levels = {u.key: u.levels() for u in space.units}
     changed = True
     while changed:
@@ -170,63 +307,72 @@ def _fill(space: ResolvedSpace, sample: Sample, caps: Mapping[str, float], budge
             higher = [v for v in levels[unit.key] if choice.value < v <= caps[unit.key] + 1e-12]
             if not higher:
                 continue
-            delta = unit.macs_delta(choice.format, higher[0]) - unit.macs_delta(choice.format, choice.value)
-            if total + delta <= budget:
-                units[unit.key] = UnitChoice(choice.format, higher[0])
-                total += delta
+            raised = UnitChoice(choice.format, higher[0])
+            if fits(_with(sample, units, unit.key, raised)):
+                units[unit.key] = raised
                 changed = True
     return sample.replace_units(units)
 
 
-def _make_reachable(space: ResolvedSpace, sample: Sample, budget: int) -> Sample:
+def _make_reachable(space: ResolvedSpace, sample: Sample, fits: Callable[[Sample], bool], cost: CostModel,
+                    budget: float) -> Sample:  # fmt: skip
     """Switch dense units (largest first), then all units, to cheap formats until ``s=0`` fits."""
-    if space.macs(_scaled(space, sample, 0.0)) <= budget:
+    if fits(_scaled(space, sample, 0.0)):
         return sample
     units = dict(sample.units)
     dense_units = [u for u in space.units if units[u.key].format == "dense"]
     for unit in sorted(dense_units, key=lambda u: -sum(i.dense_macs for i in u.layers)):
-        value = units[unit.key].value
-        fmt = min(unit.low_rank_formats, key=lambda f: unit.macs_delta(f, unit.value_bounds[0]))
-        units[unit.key] = UnitChoice(fmt, value)
-        if space.macs(_scaled(space, sample.replace_units(units), 0.0)) <= budget:
+        current = sample.replace_units(units)
+        fmt = _cheapest_format(space, cost, current, unit, unit.value_bounds[0], unit.low_rank_formats)
+        units[unit.key] = UnitChoice(fmt, units[unit.key].value)
+        if fits(_scaled(space, sample.replace_units(units), 0.0)):
             return sample.replace_units(units)
     for unit in space.units:
-        lo = unit.value_bounds[0]
-        units[unit.key] = UnitChoice(_cheapest_format(unit, lo), units[unit.key].value)
+        fmt = _cheapest_format(space, cost, sample.replace_units(units), unit, unit.value_bounds[0])
+        units[unit.key] = UnitChoice(fmt, units[unit.key].value)
     out = sample.replace_units(units)
-    if space.macs(_scaled(space, out, 0.0)) > budget:
-        check_budget(space, budget)
-        raise BudgetError(f"cannot project the sample onto {budget:,} MACs")  # pragma: no cover
+    if not fits(_scaled(space, out, 0.0)):
+        check_budget(space, budget, cost)
+        raise BudgetError(f"cannot project the sample onto the budget {budget:,} ({cost.metric})")
     return out
 
 
-def project(space: ResolvedSpace, sample: Sample, budget_macs: int, *, fill_up: bool = False) -> Projection:
-    """Repair ``sample`` so its MACs are within ``budget_macs`` (see the module docstring).
+def project(
+    space: ResolvedSpace, sample: Sample, budget: float, *, fill_up: bool = False, cost: CostModel = MACS
+) -> Projection:
+    """Repair ``sample`` so its ``cost`` (default MACs) is within ``budget`` (see the module docstring).
 
     With ``fill_up`` a sample under the budget is scaled up towards it as well.
     """
-    sampled = space.macs(sample)
-    if sampled <= budget_macs and not fill_up:
-        return Projection(sample, sampled, sampled, 1.0, False)
 
-    def fits(base: Sample) -> Callable[[float], bool]:
-        return lambda s: space.macs(_scaled(space, base, s)) <= budget_macs
+    def fits(candidate: Sample) -> bool:
+        return cost(space, candidate) <= budget
 
-    if sampled > budget_macs:
-        base = _make_reachable(space, sample, budget_macs)
-        scale = _bisect(fits(base), 0.0, 1.0)
+    sampled = cost(space, sample)
+    if sampled <= budget and not fill_up:
+        macs = space.macs(sample)
+        return Projection(sample, macs, macs, 1.0, False, sampled, sampled)
+
+    def scaled_fits(base: Sample) -> Callable[[float], bool]:
+        return lambda s: fits(_scaled(space, base, s))
+
+    if sampled > budget:
+        base = _make_reachable(space, sample, fits, cost, budget)
+        scale = _bisect(scaled_fits(base), 0.0, 1.0)
         caps = {key: choice.value for key, choice in base.units.items()}
     else:
         base = sample
         top = max(
             (u.value_bounds[1] / max(sample.units[u.key].value, 1e-12) for u in space.units), default=1.0
         )
-        scale = _bisect(fits(base), 1.0, max(top, 1.0))
+        scale = _bisect(scaled_fits(base), 1.0, max(top, 1.0))
         caps = {u.key: u.value_bounds[1] for u in space.units}
-    out = _fill(space, _scaled(space, base, scale), caps, budget_macs)
-    macs = space.macs(out)
+    out = _fill(space, _scaled(space, base, scale), caps, fits)
     changed = out.units != sample.units
-    return Projection(out if changed else sample, macs, sampled, scale, changed)
+    final = out if changed else sample
+    return Projection(
+        final, space.macs(final), space.macs(sample), scale, changed, cost(space, final), sampled
+    )
 
 
 # --- uniform starting point ---------------------------------------------------------------------
@@ -246,28 +392,29 @@ def _uniform(space: ResolvedSpace, ratio: float, fmt: str, base: Sample) -> Samp
 
 def uniform_sample(
     space: ResolvedSpace,
-    budget_macs: int,
+    budget: float,
     *,
     fmt: str = "tucker2",
     train_defaults: Mapping[str, float] | None = None,
+    cost: CostModel = MACS,
 ) -> Sample:
     """The same rank ratio in every unit (Tucker-2 where allowed), as large as the budget allows.
 
     The ratio is found by bisection, then the rounding gap is filled one rank level at a time,
-    so the result lands within about 1% of the budget whenever the space can reach it.
+    so the result lands within about 1% of a MACs budget whenever the space can reach it.
     Regularizer: ``dso`` at 1e-3 where the space allows it; train values: ``train_defaults``,
     both clamped into the space's ranges.
     """
     base = Sample({}, _default_regularizer(space), _default_train(space, train_defaults or {}))
 
-    def fits(ratio: float) -> bool:
-        return space.macs(_uniform(space, ratio, fmt, base)) <= budget_macs
+    def fits(sample: Sample) -> bool:
+        return cost(space, sample) <= budget
 
-    if not fits(0.0):
+    if not fits(_uniform(space, 0.0, fmt, base)):
         return _uniform(space, 0.0, fmt, base)
-    ratio = _bisect(fits, 0.0, 1.0)
+    ratio = _bisect(lambda r: fits(_uniform(space, r, fmt, base)), 0.0, 1.0)
     caps = {u.key: u.value_bounds[1] for u in space.units}
-    return _fill(space, _uniform(space, ratio, fmt, base), caps, budget_macs)
+    return _fill(space, _uniform(space, ratio, fmt, base), caps, fits)
 
 
 def _default_regularizer(space: ResolvedSpace) -> RegularizerSpec:

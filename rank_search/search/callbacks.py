@@ -40,6 +40,7 @@ def _fallback_record(trial: Any, epochs: int) -> TrialRecord:
         tags=list(plan.get("tags", [])),
         sampled=dict(plan.get("sampled", {})),
         projection=dict(plan.get("projection", {})),
+        latency_ms=plan.get("latency_ms"),
     )
 
 
@@ -85,12 +86,13 @@ class RecordCallback(Callback):  # type: ignore[misc]
         frac = record.macs / self.dense_macs if self.dense_macs else float("nan")
         tags = f"  [{','.join(record.tags)}]" if record.tags else ""
         error = f"  {record.error}" if record.error else ""
+        latency = f"  {record.latency_ms:.3f} ms" if record.latency_ms is not None else ""
         minutes = (time.time() - self._start) / 60
         print(
             f"[{self._done():>3}/{self.total}] {minutes:6.1f} min  trial {record.trial_id} "
             f"#{record.optuna_trial_number}  {record.status:<9} "
             f"epochs {record.epochs}/{record.epochs_planned}  "
-            f"val_acc {acc}  MACs {record.macs:,} ({frac:.3f}){tags}{error}",
+            f"val_acc {acc}  MACs {record.macs:,} ({frac:.3f}){latency}{tags}{error}",
             file=sys.stdout,
             flush=True,
         )

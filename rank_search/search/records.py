@@ -8,6 +8,7 @@ when the trial completes, is stopped by ASHA, or errors. Schema (version 1)::
      "epochs": int (reached), "epochs_planned": int, "tags": ["uniform" | "dprp" | ...],
      "rank_config": RankConfig.to_dict(), "sampled": {optuna params},
      "macs": int, "dense_macs": int, "params": int,
+     "latency_ms": float | null (predicted, latency budgets only),
      "val_accuracy": float | null (last epoch, fraction), "best_val_accuracy": float | null,
      "history": [{"epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs",
                   "params", "lr"}],
@@ -16,6 +17,9 @@ when the trial completes, is stopped by ASHA, or errors. Schema (version 1)::
                     "sampled_layers": {layer: {"format", ranks...}}}}
 
 ``projection`` is an addition: the sampled config before it was repaired onto the budget.
+``latency_ms`` is an addition: the config's latency predicted from the search's latency table
+(ms per batch on the budget's device; ``projection.sampled_latency_ms`` before repair); null
+for MACs budgets.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class TrialRecord:
     node_id: str | None = None
     error: str | None = None
     projection: dict[str, Any] = field(default_factory=dict)
+    latency_ms: float | None = None
 
     def add_epoch(self, entry: dict[str, Any]) -> None:
         """Append one epoch (keys :data:`HISTORY_KEYS`) and update the accuracy fields."""

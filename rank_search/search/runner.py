@@ -11,28 +11,34 @@ Output directory ``DIR`` (read by the analysis code; keep the layout)::
     DIR/best.json          rank config of the best fully trained trial, with provenance
 
 Before anything launches: the study, space, data, budget (:class:`BudgetError` with the
-smallest reachable budget) and starting points are checked. Locally Ray is started with
-``include_dashboard=False`` and a small object store and shut down in ``finally``; with an
-address the search joins that cluster, and ``DIR`` must then be on a path every node sees.
+smallest reachable budget) and starting points are checked; a latency budget's table is
+prefilled then, in the driver, before any trial trains (trials only look latencies up). Locally
+Ray is started with ``include_dashboard=False`` and a small object store and shut down in
+``finally``; with an address the search joins that cluster, and ``DIR`` must then be on a path
+every node sees.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_write_json, atomic_write_text
 from .._version import __version__
 from ..errors import ConfigError, RankSearchError
-from .budget import check_budget, uniform_sample
+from .budget import MACS, CostModel, LatencyCost, check_budget, uniform_sample
 from .records import TrialRecord, read_records
 from .space import ResolvedSpace, load_space, resolve_space
 from .study import Study, parse_study
 from .trainable import TrialSetup
+
+if TYPE_CHECKING:
+    from ..latency import LatencyBudget
 
 __all__ = ["SearchOutcome", "SearchPlan", "best_record", "pareto_front", "prepare", "run_search"]
 
@@ -49,15 +55,30 @@ class SearchPlan:
     study: Study
     out_dir: Path
     space: ResolvedSpace
-    budget_macs: int
+    budget_macs: int | None  # None under a latency budget
     study_name: str
     storage_url: str
     points: list[tuple[str, dict[str, Any]]]
     setup: TrialSetup
+    cost: CostModel = MACS
+    latency: LatencyBudget | None = None
 
     @property
     def ray_path(self) -> Path:
         return self.out_dir / "ray" / self.study_name
+
+    @property
+    def budget(self) -> float:
+        """The budget in the unit of :attr:`cost`: MACs, or predicted ms per batch."""
+        if self.latency is not None:
+            return self.latency.latency_ms
+        assert self.budget_macs is not None
+        return self.budget_macs
+
+    @property
+    def axis(self) -> str:
+        """``macs`` or ``latency``: what the budget limits."""
+        return "macs" if self.latency is None else "latency"
 
 
 @dataclass
@@ -93,7 +114,7 @@ def _train_settings(study: Study) -> dict[str, Any]:
 
 
 def _starting_points(
-    study: Study, space: ResolvedSpace, budget_macs: int
+    study: Study, space: ResolvedSpace, budget: float, cost: CostModel
 ) -> list[tuple[str, dict[str, Any]]]:
     from ..config import load_rank_config
 
@@ -101,7 +122,10 @@ def _starting_points(
     train_defaults = {k: v for k, v in _train_settings(study).items() if isinstance(v, float)}
     if study.starting_points.uniform:
         points.append(
-            ("uniform", space.params(uniform_sample(space, budget_macs, train_defaults=train_defaults)))
+            (
+                "uniform",
+                space.params(uniform_sample(space, budget, train_defaults=train_defaults, cost=cost)),
+            )
         )
     for index, path in enumerate(study.config_paths()):
         config = load_rank_config(path)
@@ -148,8 +172,10 @@ def prepare(
     space = resolve_space(
         load_space(study.space_path()), study.model, infos, num_classes=data.num_classes, input_size=size
     )
-    budget_macs = study.budget.resolve(space.dense_macs)
-    check_budget(space, budget_macs)
+    budget_macs, cost = _budget_cost(study, space)
+    budget = study.budget.latency.latency_ms if study.budget.latency is not None else budget_macs
+    assert budget is not None
+    check_budget(space, budget, cost)
     setup = TrialSetup(
         str(out),
         study.model,
@@ -168,9 +194,23 @@ def prepare(
         budget_macs=budget_macs,
         study_name=study_name or f"{study.name}-{_timestamp()}",
         storage_url=storage_url or _absolute_sqlite(study.storage) or f"sqlite:///{out / 'optuna.db'}",
-        points=_starting_points(study, space, budget_macs),
+        points=_starting_points(study, space, budget, cost),
         setup=setup,
+        cost=cost,
+        latency=study.budget.latency,
     )
+
+
+def _budget_cost(study: Study, space: ResolvedSpace) -> tuple[int | None, CostModel]:
+    """The MACs budget and :data:`MACS`, or ``None`` and a :class:`LatencyCost` whose table is
+    prefilled now (every rank-grid point of the space's formats: trials never measure)."""
+    latency = study.budget.latency
+    if latency is None:
+        return study.budget.resolve(space.dense_macs), MACS
+    formats = sorted({fmt for unit in space.units for fmt in unit.low_rank_formats})
+    table = latency.table()
+    table.prefill(space.model, space.input_size, latency.batch_size, formats, space.num_classes)
+    return None, LatencyCost(table, latency.batch_size)
 
 
 # --- manifest -------------------------------------------------------------------------------------
@@ -178,7 +218,7 @@ def prepare(
 
 def _manifest(plan: SearchPlan, status: str, started: str, finished: str | None) -> dict[str, Any]:
     study = plan.study
-    return {
+    manifest: dict[str, Any] = {
         "format": FORMAT_ID,
         "version": 1,
         "study_name": plan.study_name,
@@ -205,6 +245,14 @@ def _manifest(plan: SearchPlan, status: str, started: str, finished: str | None)
         "finished": finished,
         "rank_search_version": __version__,
     }
+    latency = plan.latency  # the latency keys are null for MACs budgets
+    manifest.update(
+        budget_latency_ms=latency.latency_ms if latency else None,
+        latency_device=latency.device if latency else None,
+        latency_batch_size=latency.batch_size if latency else None,
+        latency_table=str(plan.cost.table.path) if isinstance(plan.cost, LatencyCost) else None,
+    )
+    return manifest
 
 
 def read_manifest(out_dir: str | Path) -> dict[str, Any]:
@@ -273,10 +321,10 @@ def _searcher(plan: SearchPlan) -> Any:
     front = study.mode == "front"
     sampler = make_sampler(study.sampler, seed=study.seed, options=study.sampler_options, trials=study.trials)
     return RankOptunaSearch(
-        SpaceFunction(plan.space, plan.budget_macs, fill_up=not front),
+        SpaceFunction(plan.space, plan.budget, fill_up=not front, cost=plan.cost),
         tagged_points=plan.points,
         max_epochs=study.epochs_per_trial,
-        metric=[METRIC, "macs"] if front else METRIC,
+        metric=[METRIC, plan.cost.metric] if front else METRIC,
         mode=["max", "min"] if front else "max",
         sampler=sampler,
         storage=optuna.storages.RDBStorage(plan.storage_url),
@@ -360,21 +408,36 @@ def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
 # --- results --------------------------------------------------------------------------------------
 
 
-def best_record(records: list[TrialRecord], budget_macs: int) -> TrialRecord | None:
-    """The fully trained trial with the highest final val_accuracy (ties: fewer MACs)."""
-    done = [
-        r for r in records if r.status == "completed" and r.val_accuracy is not None and r.macs <= budget_macs
-    ]
-    return max(done, key=lambda r: (r.val_accuracy, -r.macs), default=None)
+def _record_cost(record: TrialRecord, axis: str) -> float:
+    """The record's MACs (``axis="macs"``) or predicted latency in ms (``"latency"``; inf if absent)."""
+    if axis == "macs":
+        return record.macs
+    return math.inf if record.latency_ms is None else record.latency_ms
 
 
-def pareto_front(records: list[TrialRecord], budget_macs: int) -> list[TrialRecord]:
-    """Fully trained trials not beaten on both val_accuracy (max) and MACs (min), by MACs."""
-    done = [
-        r for r in records if r.status == "completed" and r.val_accuracy is not None and r.macs <= budget_macs
+def _within(records: list[TrialRecord], budget: float, axis: str) -> list[TrialRecord]:
+    return [
+        r
+        for r in records
+        if r.status == "completed" and r.val_accuracy is not None and _record_cost(r, axis) <= budget
     ]
+
+
+def best_record(records: list[TrialRecord], budget_macs: float, *, axis: str = "macs") -> TrialRecord | None:
+    """The fully trained trial with the highest final val_accuracy within the budget (ties: cheaper).
+
+    ``budget_macs`` is in the unit of ``axis``: MACs, or ms of predicted latency for ``"latency"``.
+    """
+    done = _within(records, budget_macs, axis)
+    return max(done, key=lambda r: (r.val_accuracy, -_record_cost(r, axis)), default=None)
+
+
+def pareto_front(records: list[TrialRecord], budget_macs: float, *, axis: str = "macs") -> list[TrialRecord]:
+    """Fully trained trials not beaten on both val_accuracy (max) and cost (min: MACs, or predicted
+    latency for ``axis="latency"``), cheapest first."""
+    done = _within(records, budget_macs, axis)
     front: list[TrialRecord] = []
-    for record in sorted(done, key=lambda r: (r.macs, -(r.val_accuracy or 0))):
+    for record in sorted(done, key=lambda r: (_record_cost(r, axis), -(r.val_accuracy or 0))):
         if not front or (record.val_accuracy or 0) > (front[-1].val_accuracy or 0):
             front.append(record)
     return front
@@ -398,16 +461,22 @@ def _export_best(plan: SearchPlan, best: TrialRecord) -> Path:
         "budget_macs": plan.budget_macs,
         "tags": best.tags,
     }
+    if plan.latency is not None:
+        config.provenance.update(
+            latency_ms=best.latency_ms,
+            budget_latency_ms=plan.latency.latency_ms,
+            latency_device=plan.latency.device,
+            latency_batch_size=plan.latency.batch_size,
+        )
     return save_rank_config(config, plan.out_dir / "best.json")
 
 
 def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
     records = read_records(plan.out_dir)
-    best = best_record(records, plan.budget_macs)
+    best = best_record(records, plan.budget, axis=plan.axis)
     best_path = _export_best(plan, best) if best is not None else None
-    return SearchOutcome(
-        plan.out_dir, status, records, best, best_path, pareto_front(records, plan.budget_macs)
-    )
+    front = pareto_front(records, plan.budget, axis=plan.axis)
+    return SearchOutcome(plan.out_dir, status, records, best, best_path, front)
 
 
 # --- entry point ----------------------------------------------------------------------------------

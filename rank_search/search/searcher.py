@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import LayerSpec
 from ..errors import ConfigError
-from .budget import project
+from .budget import MACS, CostModel, Projection, project
 from .space import ResolvedSpace
 
 __all__ = ["CONFIG_KEY", "FAULT_ENV", "TAG_ATTR", "SpaceFunction", "make_sampler"]
@@ -41,24 +41,46 @@ def _injected_fault(number: int) -> str | None:
 
 @dataclass
 class SpaceFunction:
-    """Define-by-run space: sample, project onto the budget, return the trial's plan."""
+    """Define-by-run space: sample, project onto the budget, return the trial's plan.
+
+    ``budget`` is in the unit of ``cost`` (MACs by default; with a latency cost, predicted ms per
+    batch, and the plan, user attributes and constraint carry ``latency_ms`` as well).
+    """
 
     space: ResolvedSpace
-    budget_macs: int
+    budget: float
     fill_up: bool
+    cost: CostModel = MACS
+
+    @property
+    def budget_macs(self) -> float:
+        """The budget (named for the MACs budgets it first served; in the cost's unit)."""
+        return self.budget
+
+    @property
+    def latency(self) -> bool:
+        return self.cost.metric == "latency_ms"
+
+    def _tell(self, trial: Any, result: Projection) -> None:
+        trial.set_user_attr("macs", result.macs)
+        trial.set_user_attr("sampled_macs", result.sampled_macs)
+        trial.set_user_attr("projected", result.projected)
+        if self.latency:
+            trial.set_user_attr("latency_ms", result.cost)
+            trial.set_user_attr("sampled_latency_ms", result.sampled_cost)
+            trial.set_constraint("latency_over_budget", result.cost / self.budget - 1.0)
+        else:
+            trial.set_constraint("macs_over_budget", result.macs / self.budget - 1.0)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         sample = self.space.suggest(trial)
-        result = project(self.space, sample, self.budget_macs, fill_up=self.fill_up)
+        result = project(self.space, sample, self.budget, fill_up=self.fill_up, cost=self.cost)
         layers = {
             n: s.to_dict() for n, s in self.space.layer_specs(result.sample).items() if s.format != "dense"
         }
         tag = trial.user_attrs.get(TAG_ATTR)
-        trial.set_user_attr("macs", result.macs)
-        trial.set_user_attr("sampled_macs", result.sampled_macs)
-        trial.set_user_attr("projected", result.projected)
-        trial.set_constraint("macs_over_budget", result.macs / self.budget_macs - 1.0)
-        plan = {
+        self._tell(trial, result)
+        plan: dict[str, Any] = {
             "layers": layers,
             "regularizer": {
                 "name": result.sample.regularizer.name,
@@ -77,6 +99,9 @@ class SpaceFunction:
             },
             "fault": _injected_fault(trial.number),
         }
+        if self.latency:
+            plan["latency_ms"] = result.cost
+            plan["projection"]["sampled_latency_ms"] = result.sampled_cost
         return {CONFIG_KEY: plan}
 
 

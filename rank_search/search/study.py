@@ -9,8 +9,12 @@ Schema (every key but ``model``, ``data``, ``space`` and ``budget`` has a defaul
     data_options: {val_fraction: 0.1, max_train_samples: null, ...}   # rank_search.data.DataOptions
     space: cifar-resnet            # a path (absolute, or relative to this file or the working
                                    #   directory) or the name of a file in the repo's spaces/
-    budget: 0.5                    # fraction of dense MACs, or {fraction: 0.5} or {macs: 20000000}
-    mode: at_budget                # at_budget (max val_accuracy) | front (max val_accuracy, min macs)
+    budget: 0.5                    # fraction of dense MACs, or {fraction: 0.5} or {macs: 20000000},
+                                   #   or latency: {latency_ms: 3.0, device: cpu, batch_size: 32,
+                                   #   threads: N} (predicted ms per batch from the latency table,
+                                   #   measured by the driver before any trial trains)
+    mode: at_budget                # at_budget (max val_accuracy) | front (max val_accuracy, min macs;
+                                   #   min latency_ms under a latency budget)
     sampler: tpe                   # tpe | nsga2 | gp | random
     sampler_options: {}            # keyword arguments of the Optuna sampler (e.g. population_size)
     trials: 20

@@ -2,10 +2,11 @@
 
 Per trial: build the rank config planned by the searcher, load the (disk-cached) data, train
 for ``epochs_per_trial`` epochs and after every epoch write the trial record, then report
-``val_accuracy`` and ``macs`` with a checkpoint (``ray.tune.report``, never
-``ray.train.report``). A resumed trial continues from its last checkpoint. Non-finite metrics
-are never reported: a diverged trial is recorded as such and raises :class:`TrialDiverged`, so
-Ray and Optuna mark it failed and the search goes on.
+``val_accuracy`` and ``macs`` (and the predicted ``latency_ms`` under a latency budget) with a
+checkpoint (``ray.tune.report``, never ``ray.train.report``). A resumed trial continues from
+its last checkpoint. Non-finite metrics are never reported: a diverged trial is recorded as
+such and raises :class:`TrialDiverged`, so Ray and Optuna mark it failed and the search goes
+on.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def new_record(trial_id: str, plan: dict[str, Any], setup: TrialSetup, config: R
         tags=list(plan.get("tags", [])),
         sampled=dict(plan.get("sampled", {})),
         projection=dict(plan.get("projection", {})),
+        latency_ms=plan.get("latency_ms"),
     )
 
 
@@ -112,6 +114,8 @@ class _EpochReporter:
             "train_loss": float(stats.train_loss),
             "epoch_time_s": float(stats.epoch_time_s),
         }
+        if record.latency_ms is not None:  # predicted, from the latency table (latency budgets)
+            metrics["latency_ms"] = float(record.latency_ms)
         with tempfile.TemporaryDirectory(prefix="rank-search-ckpt-") as tmp:
             state.save(Path(tmp) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
