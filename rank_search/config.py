@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_write_json
+from ._validate import as_int, check_keys, require
 from .errors import ConfigError
 
 FORMAT_ID = "rank-search/rank-config"
@@ -150,42 +150,18 @@ class RankConfig:
 # --- parsing and validation --------------------------------------------------------------------
 
 
-def _require(data: Mapping[str, Any], key: str, prefix: str = "") -> Any:
-    if key not in data:
-        raise ConfigError("missing required field", key=prefix + key)
-    return data[key]
-
-
-def _check_keys(data: Any, allowed: tuple[str, ...], prefix: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected an object, got {type(data).__name__}", key=prefix.rstrip(".") or None)
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown}; allowed: {list(allowed)}", key=prefix.rstrip(".") or None
-        )
-
-
-def _int(value: Any, key: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"expected an integer, got {value!r}", key=key)
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"must be >= {minimum}, got {value}", key=key)
-    return value
-
-
 def _parse_model(data: Any) -> ModelSpec:
-    _check_keys(data, ("name", "num_classes"), "model.")
-    name = _require(data, "name", "model.")
+    check_keys(data, ("name", "num_classes"), "model.")
+    name = require(data, "name", "model.")
     if not isinstance(name, str):
         raise ConfigError(f"expected a string, got {name!r}", key="model.name")
-    return ModelSpec(name, _int(data.get("num_classes", 10), "model.num_classes", 1))
+    return ModelSpec(name, as_int(data.get("num_classes", 10), "model.num_classes", 1))
 
 
 def _parse_input_size(data: Any) -> tuple[int, int, int]:
     if not isinstance(data, list) or len(data) != 3:
         raise ConfigError(f"expected [C, H, W], got {data!r}", key="input_size")
-    c, h, w = (_int(v, f"input_size[{i}]", 1) for i, v in enumerate(data))
+    c, h, w = (as_int(v, f"input_size[{i}]", 1) for i, v in enumerate(data))
     return (c, h, w)
 
 
@@ -193,18 +169,18 @@ def parse_layer_spec(data: Any, key: str) -> LayerSpec:
     """Parse one ``layers`` entry (format and ranks, types only; ranges are checked later)."""
     if not isinstance(data, dict):
         raise ConfigError(f"expected an object like {{'format': 'tucker2', ...}}, got {data!r}", key=key)
-    fmt = _require(data, "format", key + ".")
+    fmt = require(data, "format", key + ".")
     if fmt not in LAYER_FORMATS:
         raise ConfigError(
             f"unknown format {fmt!r}; expected one of {list(LAYER_FORMATS)}", key=key + ".format"
         )
-    _check_keys(data, ("format", *RANK_KEYS[fmt]), key + ".")
-    ranks = {k: _int(_require(data, k, key + "."), f"{key}.{k}", 1) for k in RANK_KEYS[fmt]}
+    check_keys(data, ("format", *RANK_KEYS[fmt]), key + ".")
+    ranks = {k: as_int(require(data, k, key + "."), f"{key}.{k}", 1) for k in RANK_KEYS[fmt]}
     return LayerSpec(fmt, **ranks)
 
 
 def _parse_regularizer(data: Any) -> RegularizerSpec:
-    _check_keys(data, ("name", "weight", "schedule"), "regularizer.")
+    check_keys(data, ("name", "weight", "schedule"), "regularizer.")
     name = data.get("name", "dso")
     if name not in REGULARIZER_NAMES:
         raise ConfigError(f"unknown regularizer {name!r}; expected one of {list(REGULARIZER_NAMES)}",
@@ -220,16 +196,18 @@ def _parse_regularizer(data: Any) -> RegularizerSpec:
 
 
 def _parse_cost(data: Any) -> Cost:
-    _check_keys(data, ("macs", "params", "dense_macs"), "cost.")
-    return Cost(*(_int(_require(data, k, "cost."), f"cost.{k}", 0) for k in ("macs", "params", "dense_macs")))
+    check_keys(data, ("macs", "params", "dense_macs"), "cost.")
+    return Cost(
+        *(as_int(require(data, k, "cost."), f"cost.{k}", 0) for k in ("macs", "params", "dense_macs"))
+    )
 
 
 def rank_config_from_dict(data: Any, *, validate: bool = True) -> RankConfig:
     """Build a :class:`RankConfig` from parsed JSON; with ``validate``, check it against the model."""
-    _check_keys(data, TOP_KEYS, "")
-    if _require(data, "format") != FORMAT_ID:
+    check_keys(data, TOP_KEYS, "")
+    if require(data, "format") != FORMAT_ID:
         raise ConfigError(f"expected {FORMAT_ID!r}, got {data['format']!r}", key="format")
-    version = _require(data, "version")
+    version = require(data, "version")
     if version != VERSION:
         raise ConfigError(f"unsupported version {version!r}; this rank-search reads version {VERSION}",
                           key="version")  # fmt: skip
@@ -240,8 +218,8 @@ def rank_config_from_dict(data: Any, *, validate: bool = True) -> RankConfig:
     if not isinstance(provenance, dict):
         raise ConfigError("expected an object", key="provenance")
     config = RankConfig(
-        model=_parse_model(_require(data, "model")),
-        input_size=_parse_input_size(_require(data, "input_size")),
+        model=_parse_model(require(data, "model")),
+        input_size=_parse_input_size(require(data, "input_size")),
         layers={name: parse_layer_spec(spec, f"layers.{name}") for name, spec in layers_data.items()},
         regularizer=_parse_regularizer(data.get("regularizer", {})),
         cost=_parse_cost(data["cost"]) if "cost" in data else None,

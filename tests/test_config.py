@@ -100,10 +100,10 @@ BAD_CASES = [
     ("layers/layer1.0.conv2/rank", 145, "layers.layer1.0.conv2.rank", "full rank 16"),
     ("layers/layer1.0.conv1/rank_out", DELETE, "layers.layer1.0.conv1.rank_out", "missing"),
     ("layers/layer1.0.conv1/rank_in", 8.5, "layers.layer1.0.conv1.rank_in", "integer"),
-    ("layers/layer1.0.conv1/rank", 3, "layers.layer1.0.conv1", "unknown key"),
+    ("layers/layer1.0.conv1/rank", 3, "layers.layer1.0.conv1.rank", "unknown key"),
     ("regularizer/name", "l2", "regularizer.name", "unknown regularizer"),
     ("regularizer/weight", -1, "regularizer.weight", ">= 0"),
-    ("extra", 1, None, "unknown key"),
+    ("extra", 1, "extra", "unknown key"),
 ]
 
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .._validate import check_keys, require
 from ..config import LAYER_FORMATS, REGULARIZER_NAMES, LayerSpec, ModelSpec, RankConfig, RegularizerSpec
 from ..errors import ConfigError
 
@@ -141,9 +142,9 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
 
 
 def _parse_space(data: Any, source: str) -> SearchSpace:
-    _check_keys(data, _TOP_KEYS, "")
-    models = _str_list(_require(data, "models", ""), "models")
-    layers = _require(data, "layers", "")
+    check_keys(data, _TOP_KEYS, "")
+    models = _str_list(require(data, "models", ""), "models")
+    layers = require(data, "layers", "")
     if not isinstance(layers, list) or not layers:
         raise ConfigError("expected a non-empty list of layer groups", key="layers")
     groups = tuple(_parse_group(entry, f"layers[{i}]") for i, entry in enumerate(layers))
@@ -156,8 +157,8 @@ def _parse_space(data: Any, source: str) -> SearchSpace:
 
 
 def _parse_group(data: Any, key: str) -> LayerGroup:
-    _check_keys(data, _GROUP_KEYS, key + ".")
-    match = _require(data, "match", key + ".")
+    check_keys(data, _GROUP_KEYS, key + ".")
+    match = require(data, "match", key + ".")
     patterns = [match] if isinstance(match, str) else _str_list(match, key + ".match")
     if not all(isinstance(p, str) and p for p in patterns):
         raise ConfigError("expected a glob pattern or a list of them", key=key + ".match")
@@ -196,7 +197,7 @@ def _parse_rank_range(data: Mapping[str, Any], key: str) -> tuple[str, float, fl
 
 
 def _parse_regularizer(data: Any) -> RegularizerRange:
-    _check_keys(data, ("kinds", "weight"), "regularizer.")
+    check_keys(data, ("kinds", "weight"), "regularizer.")
     kinds = _str_list(data.get("kinds", ["dso"]), "regularizer.kinds")
     for i, kind in enumerate(kinds):
         if kind not in REGULARIZER_NAMES:
@@ -211,7 +212,7 @@ def _parse_regularizer(data: Any) -> RegularizerRange:
 
 
 def _parse_train(data: Any) -> dict[str, tuple[float, float]]:
-    _check_keys(data, TRAIN_RANGES, "train.")
+    check_keys(data, TRAIN_RANGES, "train.")
     return {name: _range(value, f"train.{name}", positive=True) for name, value in data.items()}
 
 
@@ -228,20 +229,6 @@ def _range(value: Any, key: str, *, integer: bool = False, positive: bool = Fals
     if positive and lo <= 0:
         raise ConfigError(f"a log-scale range needs lo > 0, got [{lo}, {hi}]", key=key)
     return (lo, hi)
-
-
-def _check_keys(data: Any, allowed: Sequence[str], prefix: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping, got {data!r}", key=prefix.rstrip(".") or None)
-    unknown = sorted(str(k) for k in set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}; allowed: {list(allowed)}", key=prefix + unknown[0])
-
-
-def _require(data: Mapping[str, Any], name: str, prefix: str) -> Any:
-    if name not in data or data[name] is None:
-        raise ConfigError("missing required key", key=prefix + name)
-    return data[name]
 
 
 def _str_list(value: Any, key: str) -> list[str]:

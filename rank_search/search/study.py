@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._validate import as_int, check_keys, require
 from ..errors import ConfigError
 from .budget import Budget, parse_budget
 
@@ -254,26 +255,26 @@ def parse_study(data: Any, source: str = "<study>") -> Study:
 
 
 def _parse_study(data: Any, source: str) -> Study:
-    _check_keys(data, _TOP_KEYS, "")
+    check_keys(data, _TOP_KEYS, "")
     stem = Path(source).stem
     name = _string(data.get("name", stem if _NAME.match(stem) else "study"), "name")
     if not _NAME.match(name):
         raise ConfigError(f"use letters, digits, '_', '-', '.' only, got {name!r}", key="name")
-    epochs = _int(data.get("epochs_per_trial", 10), "epochs_per_trial", 1)
+    epochs = as_int(data.get("epochs_per_trial", 10), "epochs_per_trial", 1)
     return Study(
         name=name,
-        model=_model(_string(_require(data, "model"), "model")),
-        data=_data(_string(_require(data, "data"), "data")),
-        space=_string(_require(data, "space"), "space"),
-        budget=parse_budget(_require(data, "budget")),
+        model=_model(_string(require(data, "model"), "model")),
+        data=_data(_string(require(data, "data"), "data")),
+        space=_string(require(data, "space"), "space"),
+        budget=parse_budget(require(data, "budget")),
         mode=_choice(data.get("mode", "at_budget"), MODES, "mode"),
         sampler=_choice(data.get("sampler", "tpe"), SAMPLERS, "sampler"),
         sampler_options=_mapping(data.get("sampler_options"), "sampler_options"),
-        trials=_int(data.get("trials", 20), "trials", 1),
+        trials=as_int(data.get("trials", 20), "trials", 1),
         epochs_per_trial=epochs,
         asha=_asha(data.get("asha"), epochs),
         resources=_resources(data.get("resources")),
-        seed=_int(data.get("seed", 0), "seed", 0),
+        seed=as_int(data.get("seed", 0), "seed", 0),
         storage=_optional_string(data.get("storage"), "storage"),
         train=_train(data.get("train")),
         data_options=_data_options(data.get("data_options")),
@@ -299,11 +300,11 @@ def _data(spec: str) -> str:
 
 def _asha(data: Any, epochs: int) -> AshaSettings:
     data = _mapping(data, "asha")
-    _check_keys(data, ("enabled", "grace_period", "reduction_factor"), "asha.")
+    check_keys(data, ("enabled", "grace_period", "reduction_factor"), "asha.")
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"expected true or false, got {enabled!r}", key="asha.enabled")
-    grace = _int(data.get("grace_period", 1), "asha.grace_period", 1)
+    grace = as_int(data.get("grace_period", 1), "asha.grace_period", 1)
     if grace > epochs:
         raise ConfigError(f"grace_period {grace} exceeds epochs_per_trial {epochs}", key="asha.grace_period")
     factor = _number(data.get("reduction_factor", 3), "asha.reduction_factor")
@@ -314,7 +315,7 @@ def _asha(data: Any, epochs: int) -> AshaSettings:
 
 def _resources(data: Any) -> Resources:
     data = _mapping(data, "resources")
-    _check_keys(data, ("cpu", "gpu", "concurrency"), "resources.")
+    check_keys(data, ("cpu", "gpu", "concurrency"), "resources.")
     cpu = _number(data.get("cpu", 1), "resources.cpu")
     gpu = _number(data.get("gpu", 0), "resources.gpu")
     if cpu <= 0:
@@ -325,7 +326,7 @@ def _resources(data: Any) -> Resources:
         )
     concurrency = data.get("concurrency")
     if concurrency is not None:
-        concurrency = _int(concurrency, "resources.concurrency", 1)
+        concurrency = as_int(concurrency, "resources.concurrency", 1)
     return Resources(cpu, gpu, concurrency)
 
 
@@ -338,7 +339,7 @@ def _train(data: Any) -> dict[str, Any]:
         if key in data:
             where = "epochs_per_trial" if key == "epochs" else "the study's seed"
             raise ConfigError(f"set by {where}, not here", key=f"train.{key}")
-    _check_keys(data, allowed, "train.")
+    check_keys(data, allowed, "train.")
     from ..train.config import train_config_from_dict
 
     try:
@@ -353,7 +354,7 @@ def _data_options(data: Any) -> dict[str, Any]:
     from ..errors import DataError
 
     data = _mapping(data, "data_options")
-    _check_keys(data, [f.name for f in dataclasses.fields(DataOptions)], "data_options.")
+    check_keys(data, [f.name for f in dataclasses.fields(DataOptions)], "data_options.")
     try:
         DataOptions(**data)
     except (DataError, TypeError) as exc:
@@ -363,7 +364,7 @@ def _data_options(data: Any) -> dict[str, Any]:
 
 def _starting_points(data: Any) -> StartingPoints:
     data = _mapping(data, "starting_points")
-    _check_keys(data, ("uniform", "configs"), "starting_points.")
+    check_keys(data, ("uniform", "configs"), "starting_points.")
     uniform = data.get("uniform", True)
     if not isinstance(uniform, bool):
         raise ConfigError(f"expected true or false, got {uniform!r}", key="starting_points.uniform")
@@ -376,20 +377,6 @@ def _starting_points(data: Any) -> StartingPoints:
 
 
 # --- small validators ---------------------------------------------------------------------------
-
-
-def _check_keys(data: Any, allowed: Sequence[str], prefix: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping, got {data!r}", key=prefix.rstrip(".") or None)
-    unknown = sorted(str(k) for k in set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}", key=prefix + unknown[0])
-
-
-def _require(data: Mapping[str, Any], key: str) -> Any:
-    if data.get(key) is None:
-        raise ConfigError("missing required key", key=key)
-    return data[key]
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -408,14 +395,6 @@ def _string(value: Any, key: str) -> str:
 
 def _optional_string(value: Any, key: str) -> str | None:
     return None if value is None else _string(value, key)
-
-
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"expected an integer, got {value!r}", key=key)
-    if value < minimum:
-        raise ConfigError(f"must be >= {minimum}, got {value}", key=key)
-    return value
 
 
 def _number(value: Any, key: str) -> float:
