@@ -289,8 +289,13 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
         return False
     if address:
         ray.init(address=address, log_to_driver=verbose)
-    else:
-        ray.init(include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=verbose)
+    else:  # "local": always a fresh cluster, never one left running on this machine (or a killed driver's)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            object_store_memory=OBJECT_STORE_BYTES,
+            log_to_driver=verbose,
+        )
     return True
 
 
