@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rank_search.config import RankConfig, uniform_config
+from rank_search.config import RankConfig, analytic_macs, uniform_config, uniform_ratio_bounds
 from rank_search.convert import list_factorizable
 from rank_search.data import DataOptions, load_data
 from rank_search.models import create_model
@@ -36,20 +36,13 @@ def tucker_at_fraction(num_classes: int, input_size: tuple[int, int, int], fract
     infos = {
         i.name: i for i in list_factorizable(create_model("resnet20", num_classes=num_classes), input_size)
     }
-    dense = sum(info.dense_macs for info in infos.values())
+    target = fraction * sum(info.dense_macs for info in infos.values())
 
-    def macs(ratio: float) -> int:
+    def gap(ratio: float) -> float:
         config = uniform_config("resnet20", num_classes, input_size, ratio, BLOCK_CONVS)
-        saved = sum(
-            infos[n].dense_macs - infos[n].macs(s.format, s.ranks()) for n, s in config.layers.items()
-        )
-        return dense - saved
+        return abs(analytic_macs(infos, config.layers) - target)
 
-    low, high = 0.01, 1.0
-    for _ in range(30):
-        mid = (low + high) / 2
-        low, high = (mid, high) if macs(mid) < fraction * dense else (low, mid)
-    best = min((low, high), key=lambda ratio: abs(macs(ratio) - fraction * dense))
+    best = min(uniform_ratio_bounds("resnet20", num_classes, input_size, BLOCK_CONVS, target), key=gap)
     return uniform_config("resnet20", num_classes, input_size, best, BLOCK_CONVS).with_cost()
 
 

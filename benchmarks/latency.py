@@ -29,7 +29,14 @@ from typing import Any
 import torch
 
 from rank_search.bench import BenchOptions, bench_config
-from rank_search.config import LayerSpec, ModelSpec, RankConfig, load_rank_config, uniform_config
+from rank_search.config import (
+    LayerSpec,
+    ModelSpec,
+    RankConfig,
+    load_rank_config,
+    uniform_config,
+    uniform_ratio_bounds,
+)
 from rank_search.convert import LayerInfo, list_factorizable
 from rank_search.latency import LatencyTable, TimingSettings
 from rank_search.models import create_model
@@ -51,28 +58,13 @@ def _block_convs(infos: list[LayerInfo]) -> list[str]:
     ]
 
 
-def _macs(infos: list[LayerInfo], config: RankConfig) -> int:
-    """Analytic MACs of ``config`` (conv + linear), from the layers' formulas."""
-    total = 0
-    for info in infos:
-        spec = config.layers.get(info.name)
-        total += info.macs(spec.format, spec.ranks()) if spec is not None else info.dense_macs
-    return total
-
-
 def uniform_tucker2_at(model: str, fraction: float = MAC_FRACTION, steps: int = 30) -> RankConfig:
     """The uniform Tucker-2 config with the largest rank ratio whose MACs are <= ``fraction`` of dense."""
     size = (3, 32, 32)
     infos = list_factorizable(create_model(model), size)
     names = _block_convs(infos)
     budget = fraction * sum(i.dense_macs for i in infos)
-    lo, hi = 0.0, 1.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        if _macs(infos, uniform_config(model, 10, size, mid, names, "tucker2")) <= budget:
-            lo = mid
-        else:
-            hi = mid
+    lo, _ = uniform_ratio_bounds(model, 10, size, names, budget, "tucker2", steps)
     config = uniform_config(model, 10, size, lo, names, "tucker2")
     config.provenance["uniform_ratio"] = lo
     return config.with_cost()

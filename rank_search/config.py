@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from torch import nn
 from ._io import atomic_write_json
 from ._validate import as_int, check_keys, require
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .convert import LayerInfo
 
 FORMAT_ID = "rank-search/rank-config"
 VERSION = 1
@@ -114,11 +118,8 @@ class RankConfig:
         dense = create_model(self.model.name, num_classes=self.model.num_classes)
         infos = {info.name: info for info in list_factorizable(dense, self.input_size)}
         dense_macs = sum(info.dense_macs for info in infos.values())
-        macs = dense_macs
-        for name, spec in self.layers.items():
-            macs += infos[name].macs(spec.format, spec.ranks()) - infos[name].dense_macs
         if all(spec.format == "dense" for spec in self.layers.values()):
-            return Cost(macs, count_params(dense), dense_macs)
+            return Cost(dense_macs, count_params(dense), dense_macs)
         built = self.build()
         return Cost(count_cost(built, self.input_size).macs, count_params(built), dense_macs)
 
@@ -297,17 +298,59 @@ def save_rank_config(config: RankConfig, path: str | Path) -> Path:
     return atomic_write_json(path, config.with_cost().to_dict())
 
 
-def uniform_config(model_name: str, num_classes: int, input_size: tuple[int, int, int], ratio: float,
-                   names: list[str], fmt: str = "tucker2") -> RankConfig:  # fmt: skip
-    """The same rank ratio in every named layer (ranks rounded, at least 1)."""
+def _factorizable(
+    model_name: str, num_classes: int, input_size: tuple[int, int, int]
+) -> dict[str, LayerInfo]:
     from .convert import list_factorizable
     from .models import create_model
 
-    infos = {
-        i.name: i for i in list_factorizable(create_model(model_name, num_classes=num_classes), input_size)
-    }
+    model = create_model(model_name, num_classes=num_classes)
+    return {info.name: info for info in list_factorizable(model, input_size)}
+
+
+def _uniform_layers(
+    infos: Mapping[str, LayerInfo], ratio: float, names: list[str], fmt: str
+) -> dict[str, LayerSpec]:
     layers = {}
     for name in names:
         full = infos[name].full_ranks[fmt]
         layers[name] = LayerSpec(fmt, **{k: max(1, round(v * ratio)) for k, v in full.items()})
+    return layers
+
+
+def analytic_macs(infos: Mapping[str, LayerInfo], layers: Mapping[str, LayerSpec]) -> int:
+    """MACs of the model whose conv/linear layers are ``infos``, with ``layers`` applied.
+
+    From the per-layer formulas (:meth:`LayerInfo.macs`); no model is built.
+    """
+    total = sum(info.dense_macs for info in infos.values())
+    for name, spec in layers.items():
+        total += infos[name].macs(spec.format, spec.ranks()) - infos[name].dense_macs
+    return total
+
+
+def uniform_config(model_name: str, num_classes: int, input_size: tuple[int, int, int], ratio: float,
+                   names: list[str], fmt: str = "tucker2") -> RankConfig:  # fmt: skip
+    """The same rank ratio in every named layer (ranks rounded, at least 1)."""
+    layers = _uniform_layers(_factorizable(model_name, num_classes, input_size), ratio, names, fmt)
     return RankConfig(ModelSpec(model_name, num_classes), input_size, layers)
+
+
+def uniform_ratio_bounds(model_name: str, num_classes: int, input_size: tuple[int, int, int],
+                         names: list[str], target_macs: float, fmt: str = "tucker2",
+                         steps: int = 30) -> tuple[float, float]:  # fmt: skip
+    """Bisection on :func:`uniform_config`'s common ratio: ``(lo, hi)``, ``hi - lo = 2**-steps``,
+    with MACs at ``lo`` within ``target_macs`` and MACs at ``hi`` above it (when reachable).
+
+    ``lo`` is the largest ratio that fits; ``hi`` the smallest that doesn't, for callers that
+    want the ratio whose MACs come closest to the target from either side.
+    """
+    infos = _factorizable(model_name, num_classes, input_size)
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if analytic_macs(infos, _uniform_layers(infos, mid, names, fmt)) <= target_macs:
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi

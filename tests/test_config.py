@@ -152,3 +152,22 @@ def test_build_with_seed_is_reproducible_for_low_rank_layers(tmp_path: Path) -> 
     for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert torch.equal(pa, pb), name
     assert not torch.equal(a.layer1[0].conv1.core.weight, config.build(seed=6).layer1[0].conv1.core.weight)
+
+
+def test_analytic_macs_and_uniform_ratio_bounds(tmp_path: Path) -> None:
+    from rank_search.config import analytic_macs, uniform_ratio_bounds
+    from rank_search.convert import list_factorizable
+    from rank_search.models import create_model
+
+    config = load_rank_config(write(tmp_path, VALID))
+    infos = {i.name: i for i in list_factorizable(create_model("resnet20"), (3, 32, 32))}
+    assert config.cost is not None and analytic_macs(infos, config.layers) == config.cost.macs
+    names = ["layer1.0.conv1", "layer2.1.conv2", "layer3.2.conv1"]
+    target = analytic_macs(infos, {}) - 200_000
+    lo, hi = uniform_ratio_bounds("resnet20", 10, (3, 32, 32), names, target)
+    assert 0 < lo < hi <= 1 and hi - lo == pytest.approx(2**-30)
+    at = {
+        r: analytic_macs(infos, uniform_config("resnet20", 10, (3, 32, 32), r, names).layers)
+        for r in (lo, hi)
+    }
+    assert at[lo] <= target < at[hi]
