@@ -209,12 +209,14 @@ def test_divergence_stops_without_nan(tiny: Dataset) -> None:
 
 
 def test_learns_digits_far_above_chance(cache_dir: Path) -> None:
-    data = load_data("builtin", DataOptions(cache_dir=cache_dir, val_fraction=0.1, max_train_samples=600))
-    train = TrainConfig(epochs=3, batch_size=32, lr=0.1, warmup_epochs=0.3, device="cpu", eval_test=True)
+    # 6 epochs at lr 0.05 on 1,000 digits: seeds 0-4 with 1 and 2 threads all reached val 0.95-0.99
+    # and test 0.97-0.99 (3 epochs at lr 0.1 on 600 ranged 0.33-0.93 and depended on thread count).
+    data = load_data("builtin", DataOptions(cache_dir=cache_dir, val_fraction=0.1, max_train_samples=1000))
+    train = TrainConfig(epochs=6, batch_size=32, lr=0.05, warmup_epochs=0.3, device="cpu", eval_test=True)
     result = fit(tucker(0.5), data, train)
     assert result.status == "completed"
-    assert result.val_accuracy is not None and result.val_accuracy > 0.5
-    assert result.test_accuracy is not None and result.test_accuracy > 0.5
+    assert result.val_accuracy is not None and result.val_accuracy > 0.8
+    assert result.test_accuracy is not None and result.test_accuracy > 0.8
     assert result.macs < result.dense_macs and result.history[-1].reg_loss > 0
 
 
