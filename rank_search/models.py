@@ -133,9 +133,15 @@ def _torchvision_input_size(name: str) -> tuple[int, int, int]:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching the glob ``pattern`` (CIFAR ResNets first)."""
+    """Registered model names matching ``pattern`` (CIFAR ResNets first).
+
+    A pattern with a glob character (``*?[``) is a glob over the whole name; any other pattern
+    matches names that contain it, ignoring case (``resnet`` finds ``resnet20`` and ``wide_resnet50_2``).
+    """
     names = list(_REGISTRY) + [n for n in _torchvision_names() if n not in _REGISTRY]
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if any(c in pattern for c in "*?["):
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in names if pattern.lower() in n.lower()]
 
 
 def is_model(name: str) -> bool:
@@ -160,12 +166,21 @@ def _check_name(name: str) -> None:
         raise ConfigError(f"unknown model '{name}'{hint}", key="model.name")
 
 
-def create_model(name: str, *, num_classes: int = 10, seed: int | None = None) -> nn.Module:
+def default_num_classes(name: str) -> int:
+    """The number of classes the model was designed for: 10 for the CIFAR ResNets, 1000 for torchvision's."""
+    _check_name(name)
+    return 10 if name in _REGISTRY else 1000
+
+
+def create_model(name: str, *, num_classes: int | None = None, seed: int | None = None) -> nn.Module:
     """Build model ``name`` with random weights and ``num_classes`` outputs.
 
-    ``seed`` makes the initialization reproducible without touching the global RNG.
+    ``num_classes=None`` means the model's own (:func:`default_num_classes`). ``seed`` makes the
+    initialization reproducible without touching the global RNG.
     """
     _check_name(name)
+    if num_classes is None:
+        num_classes = default_num_classes(name)
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}", key="model.num_classes")
     builder: ModelBuilder = _REGISTRY.get(name) or partial(_torchvision_builder, name)

@@ -54,3 +54,39 @@ def test_bad_input_exits_cleanly_without_traceback(tmp_path: Path) -> None:
         [sys.executable, "-m", "rank_search", "layers", "resnet21"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "resnet20" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_models_match_substrings_and_globs() -> None:
+    from rank_search.models import list_models
+
+    found = list_models("resnet")
+    assert {"resnet20", "resnet110", "resnet18", "wide_resnet50_2"} <= set(found)
+    assert list_models("ResNet2") == ["resnet20"]  # case-insensitive substring
+    assert list_models("resnet?0") == ["resnet20", "resnet50"]
+    assert list_models("no-such-model") == []
+
+
+def test_torchvision_models_default_to_their_own_classes(capsys: pytest.CaptureFixture[str]) -> None:
+    from rank_search.models import create_model, default_num_classes
+
+    assert default_num_classes("resnet20") == 10 and default_num_classes("resnet18") == 1000
+    assert create_model("resnet18").fc.out_features == 1000
+    assert create_model("resnet18", num_classes=10).fc.out_features == 10
+    assert main(["flops", "resnet18", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 11_689_512
+
+
+def test_shipped_studies_and_spaces_are_listed_and_found_by_name(capsys: pytest.CaptureFixture[str]) -> None:
+    from rank_search.search.study import find_named_file, shipped_files
+
+    assert main(["studies"]) == 0
+    out = capsys.readouterr().out
+    assert "quickstart" in out and "resnet20-cifar10" in out
+    assert main(["spaces"]) == 0
+    assert "cifar-resnet" in capsys.readouterr().out
+    names = {path.stem for path in shipped_files("spaces")}
+    assert {"cifar-resnet", "mobilenet-v2"} <= names
+    found = find_named_file("quickstart", "studies")
+    assert found is not None and found.name == "quickstart.yaml"
+    assert find_named_file("quickstart.yaml", "studies") == found
+    assert find_named_file("nope", "studies") is None

@@ -13,20 +13,26 @@ from ._table import format_table, human
 
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("models", help="list the model registry")
-    p.add_argument("pattern", nargs="?", default="*", help="glob over model names, e.g. '*resnet*'")
+    p.add_argument(
+        "pattern", nargs="?", default="*", help="part of a name (e.g. 'resnet') or a glob (e.g. 'resnet?0')"
+    )
     p.set_defaults(run=run_models)
+
+    for folder, what in (("studies", "study"), ("spaces", "search space")):
+        p = sub.add_parser(folder, help=f"list the shipped {what} files (use them by name)")
+        p.set_defaults(run=run_shipped, folder=folder)
 
     p = sub.add_parser("layers", help="table of a model's factorizable layers")
     p.add_argument("model", help="model name (see `rank-search models`)")
     p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"))
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, help="default: the model's own (10 CIFAR, 1000 torchvision)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run_layers)
 
     p = sub.add_parser("flops", help="per-layer MACs and params of a model or a rank-config JSON")
     p.add_argument("target", help="model name or rank-config .json file")
     p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"))
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=int, help="default: the model's own (10 CIFAR, 1000 torchvision)")
     p.add_argument("--json", action="store_true", help='print {"macs": ..., "params": ..., "layers": [...]}')
     p.set_defaults(run=run_flops)
 
@@ -38,6 +44,26 @@ def run_models(args: argparse.Namespace) -> int:
     rows = [(name, "x".join(map(str, default_input_size(name)))) for name in names]
     print(format_table(["model", "input"], rows))
     return 0
+
+
+def run_shipped(args: argparse.Namespace) -> int:
+    from ..search.study import shipped_files
+
+    rows = [(path.stem, _summary(path)) for path in shipped_files(args.folder)]
+    print(format_table(["name", "what"], rows))
+    if args.folder == "studies":
+        print("\nrun one by name: rank-search search quickstart -o runs/quickstart")
+    else:
+        print("\nname one in a study: space: cifar-resnet")
+    return 0
+
+
+def _summary(path: Path) -> str:
+    """The first comment line of a shipped YAML file, without its leading ``#``."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
 
 
 def _input_size(args: argparse.Namespace, model: str) -> tuple[int, int, int]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_write_json, atomic_write_text
+from .._rundir import refuse_other_kind
 from .._version import __version__
 from ..errors import ConfigError, RankSearchError
 from .budget import MACS, CostModel, LatencyCost, check_budget, uniform_sample
@@ -489,6 +490,7 @@ def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
 
 def _plan_for(study: Study, out: Path, resume: bool) -> tuple[SearchPlan, str]:
     """A new plan, or the saved one when resuming (the saved study wins)."""
+    refuse_other_kind(out, "search")
     if resume:
         manifest = read_manifest(out)
         import yaml

@@ -156,18 +156,18 @@ class Study:
 # --- file discovery -----------------------------------------------------------------------------
 
 
-def _search_roots(folder: str) -> list[Path]:
-    package = Path(__file__).resolve().parents[1]
-    return [package.parent / folder, package / f"builtin_{folder}"]
-
-
 def find_named_file(name: str, folder: str) -> Path | None:
-    """``name`` or ``name.yaml`` in the repo's ``folder`` (``spaces``/``studies``) or the packaged copy."""
-    for root in _search_roots(folder):
-        for candidate in (root / name, root / f"{name}.yaml"):
-            if candidate.is_file():
-                return candidate.resolve()
+    """``name`` or ``name.yaml`` among the shipped ``folder`` files (``spaces``/``studies``)."""
+    for path in shipped_files(folder):
+        if name in (path.name, path.stem):
+            return path
     return None
+
+
+def shipped_files(folder: str) -> list[Path]:
+    """The YAML files shipped with the package in ``folder`` (``spaces``/``studies``), by name."""
+    package = Path(__file__).resolve().parents[1]
+    return sorted((package / f"builtin_{folder}").glob("*.yaml"))
 
 
 def _locate(value: str, source: str, folder: str | None, *, key: str) -> Path:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._io import atomic_torch_save, atomic_write_json
+from .._rundir import refuse_other_kind
 from .._version import __version__
 from ..config import ModelSpec, RankConfig, load_rank_config, save_rank_config
 from ..errors import ConfigError
@@ -87,6 +88,7 @@ def _prepare_run_dir(job: TrainJob) -> Path | None:
     run_dir, checkpoint = job.run_dir, job.run_dir / "checkpoint.pt"
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError("exists and is not a folder", source=run_dir)
+    refuse_other_kind(run_dir, "train")
     finished = (run_dir / "metrics.json").exists()
     if job.force:
         return None
