@@ -7,7 +7,7 @@ This module owns every cost formula and every cost sum:
 
 * the formula table (:func:`conv_macs`, :func:`linear_macs`, :func:`conv_params`,
   :func:`linear_params`): MACs and parameters of one dense or low-rank layer, used by the
-  layer classes (:meth:`rank_search.layers.LowRankLayer.macs`, :func:`rank_search.layers.dense_macs`)
+  layer classes (:meth:`rank_search.layers.LowRankLayer.macs`, :func:`rank_search.layers.dense_layer_macs`)
   and by :meth:`rank_search.convert.LayerInfo.macs` alike;
 * analytic sums over a model's layers (:func:`analytic_macs`, :class:`AnalyticCost`): the cost
   of a rank config or of a live (pruned) model without building or running it;
@@ -231,7 +231,7 @@ def counted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def _layer_cost(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerCost:
-    from .layers import LowRankLayer, dense_macs
+    from .layers import LowRankLayer, dense_layer_macs
 
     in_size = tuple(inp.shape[1:])
     kind = "linear" if isinstance(module, nn.Linear) or getattr(module, "is_linear", False) else "conv"
@@ -248,7 +248,9 @@ def _layer_cost(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tens
         )
     assert isinstance(module, nn.Conv2d | nn.Linear)
     params = sum(p.numel() for p in module.parameters())
-    return LayerCost(name, kind, "dense", in_size, tuple(out.shape[1:]), dense_macs(module, in_size), params)
+    return LayerCost(
+        name, kind, "dense", in_size, tuple(out.shape[1:]), dense_layer_macs(module, in_size), params
+    )
 
 
 def count_cost(model: nn.Module, input_size: tuple[int, ...]) -> CostReport:

@@ -37,7 +37,7 @@ __all__ = [
     "SVDLinear",
     "Tucker2Conv2d",
     "conv_output_hw",
-    "dense_macs",
+    "dense_layer_macs",
     "full_ranks",
     "low_rank_class",
     "low_rank_modules",
@@ -124,7 +124,7 @@ def _pixels(conv_like: ConvLike, input_size: Sequence[int], in_channels: int) ->
     return h * w, h_out * w_out
 
 
-def dense_macs(layer: nn.Conv2d | nn.Linear, input_size: Sequence[int]) -> int:
+def dense_layer_macs(layer: nn.Conv2d | nn.Linear, input_size: Sequence[int]) -> int:
     """MACs of a dense conv/linear layer for one sample of shape ``input_size`` (bias not counted).
 
     Conv: ``H_out*W_out*C_out*(C_in/groups)*kh*kw``; linear: ``prod(leading dims)*in*out``.
@@ -144,7 +144,7 @@ def dense_macs(layer: nn.Conv2d | nn.Linear, input_size: Sequence[int]) -> int:
     if isinstance(layer, nn.Linear):
         lead = _leading(input_size, layer.in_features)
         return linear_macs("dense", layer.in_features, layer.out_features, lead, {})
-    raise TypeError(f"dense_macs expects nn.Conv2d or nn.Linear, got {type(layer).__name__}")
+    raise TypeError(f"dense_layer_macs expects nn.Conv2d or nn.Linear, got {type(layer).__name__}")
 
 
 def _check_rank(cls_name: str, name: str, value: int, limit: int, limit_text: str) -> int:

@@ -18,7 +18,7 @@ from rank_search.layers import (
     SVDLinear,
     Tucker2Conv2d,
     conv_output_hw,
-    dense_macs,
+    dense_layer_macs,
     full_ranks,
     low_rank_class,
     low_rank_modules,
@@ -163,9 +163,9 @@ def test_macs_and_params_by_hand() -> None:
     assert linear.macs((3, 20)) == 360
     assert linear.num_params() == 134
     # Dense: 4*4*32*16*9 = 73728; grouped (groups=4, no pad, 6x6 out): 36*32*4*9 = 41472; linear 5*20*10.
-    assert dense_macs(nn.Conv2d(16, 32, 3, stride=2, padding=1), (16, 8, 8)) == 73728
-    assert dense_macs(nn.Conv2d(16, 32, 3, groups=4), (16, 8, 8)) == 41472
-    assert dense_macs(nn.Linear(20, 10), (5, 20)) == 1000
+    assert dense_layer_macs(nn.Conv2d(16, 32, 3, stride=2, padding=1), (16, 8, 8)) == 73728
+    assert dense_layer_macs(nn.Conv2d(16, 32, 3, groups=4), (16, 8, 8)) == 41472
+    assert dense_layer_macs(nn.Linear(20, 10), (5, 20)) == 1000
 
 
 def test_conv_output_hw_matches_torch() -> None:
@@ -194,7 +194,7 @@ def test_macs_match_flop_counter(case: str) -> None:
     conv = nn.Conv2d(**CONV_CASES[case])
     x = torch.randn(1, conv.in_channels, *INPUT_HW)
     size = tuple(x.shape[1:])
-    assert dense_macs(conv, size) == _counted_macs(conv, x)
+    assert dense_layer_macs(conv, size) == _counted_macs(conv, x)
     for fmt in LOW_RANK_CONV_CLASSES:
         full = full_ranks(conv, fmt)
         layer = make_low_rank(conv, fmt, {name: max(1, r - 1) for name, r in full.items()})
@@ -205,7 +205,7 @@ def test_linear_macs_match_flop_counter() -> None:
     layer = SVDLinear(12, 7, rank=5)
     x = torch.randn(1, 3, 12)
     assert layer.macs((3, 12)) == _counted_macs(layer, x) == 3 * 5 * (12 + 7)
-    assert dense_macs(nn.Linear(12, 7), (3, 12)) == _counted_macs(nn.Linear(12, 7), x)
+    assert dense_layer_macs(nn.Linear(12, 7), (3, 12)) == _counted_macs(nn.Linear(12, 7), x)
 
 
 # --------------------------------------------------------------------------- initialization
