@@ -147,11 +147,28 @@ class AnalyticCost:
         """MACs and params of the model with ``layers`` applied (what building and counting gives)."""
         from .config import Cost
 
+        self._check(layers)
         params = self.dense_params
         for name, spec in layers.items():
             info = self.infos[name]
             params += info.param_count(spec.format, spec.ranks()) - info.params
         return Cost(analytic_macs(self.infos, layers), params, self.dense_macs)
+
+    def _check(self, layers: Mapping[str, LayerSpec]) -> None:
+        """The errors building the model would give: unknown layers, formats a layer can't take."""
+        from .convert import close_names
+        from .errors import ConfigError
+
+        for name, spec in layers.items():
+            info = self.infos.get(name)
+            if info is None:
+                hint = close_names(name, list(self.infos))
+                raise ConfigError(
+                    f"'{name}' is not a conv/linear layer of the model; {hint}", key=f"layers.{name}"
+                )
+            if not info.allows(spec.format):
+                reason = info.reasons[spec.format]
+                raise ConfigError(f"cannot use format '{spec.format}': {reason}", key=f"layers.{name}.format")
 
     def of_model(self, model: nn.Module) -> Cost:
         """MACs and params of the live ``model`` (e.g. after DPRP shrank its SVD layers): its

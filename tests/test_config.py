@@ -166,3 +166,14 @@ def test_missing_num_classes_is_named_as_missing(tmp_path: Path) -> None:
     assert config.model.num_classes == 10 and not config.model.num_classes_given
     assert "no model.num_classes" in config.model.classes_text()
     assert load_rank_config(write(tmp_path, VALID)).model.classes_text() == "10 classes"
+
+
+def test_cost_of_an_unvalidated_config_names_bad_layers() -> None:
+    from rank_search.config import rank_config_from_dict
+
+    data = copy.deepcopy(VALID)
+    data["layers"]["layer9.conv"] = {"format": "svd", "rank": 2}
+    config = rank_config_from_dict(data, validate=False)
+    with pytest.raises(ConfigError) as info:
+        config.compute_cost()
+    assert info.value.key == "layers.layer9.conv"
