@@ -29,10 +29,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rank_search.config import RankConfig, uniform_config
+from rank_search.config import RankConfig
 from rank_search.data import DataOptions, load_data, parse_data_spec
 from rank_search.regularizers import orthogonality_penalty
 from rank_search.train import TrainConfig, fit, resolve_device
+from rank_search.uniform import uniform_config
 
 BLOCK_CONVS = [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2)]
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

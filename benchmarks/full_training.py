@@ -22,27 +22,26 @@ from typing import Any
 
 import torch
 
-from rank_search.config import RankConfig, analytic_macs, uniform_config, uniform_ratio_bounds
-from rank_search.convert import list_factorizable
+from rank_search.config import RankConfig
+from rank_search.convert import layer_infos
+from rank_search.cost import analytic_macs
 from rank_search.data import DataOptions, load_data
-from rank_search.models import create_model
 from rank_search.train import TrainConfig, fit
+from rank_search.uniform import uniform_config, uniform_layers, uniform_ratio_bounds
 
 BLOCK_CONVS = [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2)]
 
 
 def tucker_at_fraction(num_classes: int, input_size: tuple[int, int, int], fraction: float) -> RankConfig:
     """Uniform-ratio Tucker-2 ResNet-20 whose MACs are closest to ``fraction`` of dense (bisection)."""
-    infos = {
-        i.name: i for i in list_factorizable(create_model("resnet20", num_classes=num_classes), input_size)
-    }
+    infos = layer_infos("resnet20", num_classes, input_size)
     target = fraction * sum(info.dense_macs for info in infos.values())
+    formats = dict.fromkeys(BLOCK_CONVS, "tucker2")
 
     def gap(ratio: float) -> float:
-        config = uniform_config("resnet20", num_classes, input_size, ratio, BLOCK_CONVS)
-        return abs(analytic_macs(infos, config.layers) - target)
+        return abs(analytic_macs(infos, uniform_layers(infos, ratio, formats)) - target)
 
-    best = min(uniform_ratio_bounds("resnet20", num_classes, input_size, BLOCK_CONVS, target), key=gap)
+    best = min(uniform_ratio_bounds(infos, formats, target), key=gap)
     return uniform_config("resnet20", num_classes, input_size, best, BLOCK_CONVS).with_cost()
 
 

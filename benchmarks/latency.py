@@ -29,17 +29,11 @@ from typing import Any
 import torch
 
 from rank_search.bench import BenchOptions, bench_config
-from rank_search.config import (
-    LayerSpec,
-    ModelSpec,
-    RankConfig,
-    load_rank_config,
-    uniform_config,
-    uniform_ratio_bounds,
-)
+from rank_search.config import LayerSpec, ModelSpec, RankConfig, load_rank_config
 from rank_search.convert import LayerInfo, list_factorizable
 from rank_search.latency import LatencyTable, TimingSettings
 from rank_search.models import create_model
+from rank_search.uniform import uniform_config, uniform_ratio_bounds
 
 MODELS = ("resnet20", "resnet56")
 MAC_FRACTION = 0.5
@@ -64,7 +58,8 @@ def uniform_tucker2_at(model: str, fraction: float = MAC_FRACTION, steps: int = 
     infos = list_factorizable(create_model(model), size)
     names = _block_convs(infos)
     budget = fraction * sum(i.dense_macs for i in infos)
-    lo, _ = uniform_ratio_bounds(model, 10, size, names, budget, "tucker2", steps)
+    by_name = {i.name: i for i in infos}
+    lo, _ = uniform_ratio_bounds(by_name, dict.fromkeys(names, "tucker2"), budget, steps)
     config = uniform_config(model, 10, size, lo, names, "tucker2")
     config.provenance["uniform_ratio"] = lo
     return config.with_cost()

@@ -6,26 +6,23 @@ model and never executes code (plain ``json``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from torch import nn
 
 from ._io import atomic_write_json
 from ._validate import as_int, check_keys, require
 from .errors import ConfigError
-
-if TYPE_CHECKING:
-    from .convert import LayerInfo
+from .layers import LOW_RANK_CONV_CLASSES
 
 FORMAT_ID = "rank-search/rank-config"
 VERSION = 1
-LAYER_FORMATS = ("dense", "tucker2", "svd")
+LAYER_FORMATS = ("dense", *LOW_RANK_CONV_CLASSES)  # the formats a layer spec may name
 RANK_KEYS = {"dense": (), "tucker2": ("rank_in", "rank_out"), "svd": ("rank",)}
 REGULARIZER_NAMES = ("none", "so", "dso", "mc", "srip")
 REGULARIZER_SCHEDULES = ("constant", "cosine", "step")
@@ -60,10 +57,24 @@ class LayerSpec:
         return cls("svd", rank=rank)
 
 
+DEFAULT_NUM_CLASSES = 10
+
+
 @dataclass(frozen=True)
 class ModelSpec:
+    """The model's registry name and its number of classes (``num_classes_given``: whether the
+    file named it, or the default was taken)."""
+
     name: str
-    num_classes: int = 10
+    num_classes: int = DEFAULT_NUM_CLASSES
+    num_classes_given: bool = field(default=True, compare=False)
+
+    def classes_text(self) -> str:
+        """``"100 classes"``, or for a file without ``model.num_classes`` a text saying the
+        default was taken."""
+        if self.num_classes_given:
+            return f"{self.num_classes} classes"
+        return f"no model.num_classes (so the default {self.num_classes})"
 
 
 @dataclass(frozen=True)
@@ -96,37 +107,23 @@ class RankConfig:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def build(self, *, seed: int | None = None, init: str = "scratch") -> nn.Module:
-        """The model with every listed layer in its low-rank form (fresh weights)."""
-        from .convert import apply_rank_config
-        from .models import create_model
+        """The model with every listed layer in its low-rank form (fresh weights); see
+        :func:`rank_search.convert.build_model`."""
+        from .convert import build_model
 
-        model = create_model(self.model.name, num_classes=self.model.num_classes, seed=seed)
-        if seed is None:
-            apply_rank_config(model, self.layers, init=init)
-            return model
-        with torch.random.fork_rng(devices=[]):  # the low-rank init is seeded too
-            torch.manual_seed(seed + 1)
-            apply_rank_config(model, self.layers, init=init)
-        return model
+        return build_model(self, seed=seed, init=init)
 
     def compute_cost(self) -> Cost:
-        """MACs and params of the built model and MACs of the dense model."""
-        from .convert import list_factorizable
-        from .cost import count_cost, count_params
-        from .models import create_model
+        """MACs and params of the built model and MACs of the dense model (analytic, see
+        :func:`rank_search.cost.config_cost`; no low-rank model is built)."""
+        from .cost import config_cost
 
-        dense = create_model(self.model.name, num_classes=self.model.num_classes)
-        infos = {info.name: info for info in list_factorizable(dense, self.input_size)}
-        dense_macs = sum(info.dense_macs for info in infos.values())
-        if all(spec.format == "dense" for spec in self.layers.values()):
-            return Cost(dense_macs, count_params(dense), dense_macs)
-        built = self.build()
-        return Cost(count_cost(built, self.input_size).macs, count_params(built), dense_macs)
+        return config_cost(self)
 
     def with_cost(self) -> RankConfig:
         """A copy with ``cost`` recomputed."""
-        return RankConfig(self.model, self.input_size, dict(self.layers), self.regularizer,
-                          self.compute_cost(), dict(self.provenance))  # fmt: skip
+        layers, provenance = dict(self.layers), dict(self.provenance)
+        return dataclasses.replace(self, layers=layers, cost=self.compute_cost(), provenance=provenance)
 
     def to_dict(self) -> dict[str, Any]:
         cost = self.cost or self.compute_cost()
@@ -156,7 +153,9 @@ def _parse_model(data: Any) -> ModelSpec:
     name = require(data, "name", "model.")
     if not isinstance(name, str):
         raise ConfigError(f"expected a string, got {name!r}", key="model.name")
-    return ModelSpec(name, as_int(data.get("num_classes", 10), "model.num_classes", 1))
+    if "num_classes" not in data:
+        return ModelSpec(name, DEFAULT_NUM_CLASSES, num_classes_given=False)
+    return ModelSpec(name, as_int(data["num_classes"], "model.num_classes", 1))
 
 
 def _parse_input_size(data: Any) -> tuple[int, int, int]:
@@ -184,15 +183,18 @@ def _parse_regularizer(data: Any) -> RegularizerSpec:
     check_keys(data, ("name", "weight", "schedule"), "regularizer.")
     name = data.get("name", "dso")
     if name not in REGULARIZER_NAMES:
-        raise ConfigError(f"unknown regularizer {name!r}; expected one of {list(REGULARIZER_NAMES)}",
-                          key="regularizer.name")  # fmt: skip
+        raise ConfigError(
+            f"unknown regularizer {name!r}; expected one of {list(REGULARIZER_NAMES)}", key="regularizer.name"
+        )
     weight = data.get("weight", 1e-3)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0 or weight != weight:
         raise ConfigError(f"expected a number >= 0, got {weight!r}", key="regularizer.weight")
     schedule = data.get("schedule", "constant")
     if schedule not in REGULARIZER_SCHEDULES:
-        raise ConfigError(f"unknown schedule {schedule!r}; expected one of {list(REGULARIZER_SCHEDULES)}",
-                          key="regularizer.schedule")  # fmt: skip
+        raise ConfigError(
+            f"unknown schedule {schedule!r}; expected one of {list(REGULARIZER_SCHEDULES)}",
+            key="regularizer.schedule",
+        )
     return RegularizerSpec(name, float(weight), schedule)
 
 
@@ -210,8 +212,9 @@ def rank_config_from_dict(data: Any, *, validate: bool = True) -> RankConfig:
         raise ConfigError(f"expected {FORMAT_ID!r}, got {data['format']!r}", key="format")
     version = require(data, "version")
     if version != VERSION:
-        raise ConfigError(f"unsupported version {version!r}; this rank-search reads version {VERSION}",
-                          key="version")  # fmt: skip
+        raise ConfigError(
+            f"unsupported version {version!r}; this rank-search reads version {VERSION}", key="version"
+        )
     layers_data = data.get("layers", {})
     if not isinstance(layers_data, dict):
         raise ConfigError("expected an object mapping layer names to specs", key="layers")
@@ -248,8 +251,11 @@ def validate_layers(config: RankConfig) -> None:
         key = f"layers.{name}"
         info = infos.get(name)
         if info is None:
-            raise ConfigError(f"'{name}' is not a conv/linear layer of {config.model.name}; "
-                              f"{close_names(name, list(infos))}", key=key)  # fmt: skip
+            raise ConfigError(
+                f"'{name}' is not a conv/linear layer of {config.model.name}; "
+                f"{close_names(name, list(infos))}",
+                key=key,
+            )
         if spec.format == "dense":
             continue
         if not info.allows(spec.format):
@@ -288,69 +294,15 @@ def load_rank_config(path: str | Path) -> RankConfig:
     stored = config.cost
     config = config.with_cost()
     if stored is not None and stored != config.cost:
-        warnings.warn(f"{path}: key 'cost': stored {stored} differs from recomputed {config.cost}; "
-                      "using the recomputed cost", CostMismatchWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{path}: key 'cost': stored {stored} differs from recomputed {config.cost}; "
+            "using the recomputed cost",
+            CostMismatchWarning,
+            stacklevel=2,
+        )
     return config
 
 
 def save_rank_config(config: RankConfig, path: str | Path) -> Path:
     """Write ``config`` (with its cost recomputed) atomically as JSON."""
     return atomic_write_json(path, config.with_cost().to_dict())
-
-
-def _factorizable(
-    model_name: str, num_classes: int, input_size: tuple[int, int, int]
-) -> dict[str, LayerInfo]:
-    from .convert import list_factorizable
-    from .models import create_model
-
-    model = create_model(model_name, num_classes=num_classes)
-    return {info.name: info for info in list_factorizable(model, input_size)}
-
-
-def _uniform_layers(
-    infos: Mapping[str, LayerInfo], ratio: float, names: list[str], fmt: str
-) -> dict[str, LayerSpec]:
-    layers = {}
-    for name in names:
-        full = infos[name].full_ranks[fmt]
-        layers[name] = LayerSpec(fmt, **{k: max(1, round(v * ratio)) for k, v in full.items()})
-    return layers
-
-
-def analytic_macs(infos: Mapping[str, LayerInfo], layers: Mapping[str, LayerSpec]) -> int:
-    """MACs of the model whose conv/linear layers are ``infos``, with ``layers`` applied.
-
-    From the per-layer formulas (:meth:`LayerInfo.macs`); no model is built.
-    """
-    total = sum(info.dense_macs for info in infos.values())
-    for name, spec in layers.items():
-        total += infos[name].macs(spec.format, spec.ranks()) - infos[name].dense_macs
-    return total
-
-
-def uniform_config(model_name: str, num_classes: int, input_size: tuple[int, int, int], ratio: float,
-                   names: list[str], fmt: str = "tucker2") -> RankConfig:  # fmt: skip
-    """The same rank ratio in every named layer (ranks rounded, at least 1)."""
-    layers = _uniform_layers(_factorizable(model_name, num_classes, input_size), ratio, names, fmt)
-    return RankConfig(ModelSpec(model_name, num_classes), input_size, layers)
-
-
-def uniform_ratio_bounds(model_name: str, num_classes: int, input_size: tuple[int, int, int],
-                         names: list[str], target_macs: float, fmt: str = "tucker2",
-                         steps: int = 30) -> tuple[float, float]:  # fmt: skip
-    """Bisection on :func:`uniform_config`'s common ratio: ``(lo, hi)``, ``hi - lo = 2**-steps``,
-    with MACs at ``lo`` within ``target_macs`` and MACs at ``hi`` above it (when reachable).
-
-    ``lo`` is the largest ratio that fits; ``hi`` the smallest that doesn't, for callers that
-    want the ratio whose MACs come closest to the target from either side.
-    """
-    infos = _factorizable(model_name, num_classes, input_size)
-    lo, hi = 0.0, 1.0
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        if analytic_macs(infos, _uniform_layers(infos, mid, names, fmt)) <= target_macs:
-            lo = mid
-        else:
-            hi = mid
-    return lo, hi

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from .cost import count_cost
+from .cost import conv_macs, conv_params, count_cost, linear_macs, linear_params
 from .errors import ConfigError
-from .layers import LowRankLayer, full_ranks, make_low_rank, unfactorizable_reason
+from .layers import LOW_RANK_CONV_CLASSES, full_ranks, make_low_rank, unfactorizable_reason
 
 if TYPE_CHECKING:
-    from .config import LayerSpec
+    from .config import LayerSpec, RankConfig
 
-LOW_RANK_FORMATS = ("tucker2", "svd")
+LOW_RANK_FORMATS = tuple(LOW_RANK_CONV_CLASSES)  # ("tucker2", "svd")
 
 
 @dataclass(frozen=True)
@@ -36,37 +37,41 @@ class LayerInfo:
     params: int
     full_ranks: dict[str, dict[str, int]] = field(default_factory=dict)  # format -> largest ranks
     reasons: dict[str, str] = field(default_factory=dict)  # format -> why it can't be used
+    bias: bool = False
 
     def allows(self, fmt: str) -> bool:
         return fmt == "dense" or fmt in self.full_ranks
 
     def macs(self, fmt: str, ranks: Mapping[str, int]) -> int:
-        """MACs for one sample if this layer were held in ``fmt`` with ``ranks`` (analytic)."""
+        """MACs for one sample if this layer were held in ``fmt`` with ``ranks`` (the formula
+        table in :mod:`rank_search.cost`)."""
         if fmt == "dense":
             return self.dense_macs
-        c_in, c_out = self.in_channels, self.out_channels
         if self.kind == "linear":
-            lead = _prod(self.input_size[:-1])
-            return lead * ranks["rank"] * (c_in + c_out)
-        in_hw, out_hw = _prod(self.input_size[1:]), _prod(self.output_size[1:])
-        kk = self.kernel_size[0] * self.kernel_size[1]
-        if fmt == "tucker2":
-            r_in, r_out = ranks["rank_in"], ranks["rank_out"]
-            return in_hw * c_in * r_in + out_hw * (r_in * r_out * kk + r_out * c_out)
-        if fmt == "svd":
-            return out_hw * ranks["rank"] * (c_in * kk + c_out)
-        raise ValueError(f"unknown format '{fmt}'")
+            lead = math.prod(self.input_size[:-1])
+            return linear_macs(fmt, self.in_channels, self.out_channels, lead, ranks)
+        in_hw, out_hw = math.prod(self.input_size[1:]), math.prod(self.output_size[1:])
+        shape = (self.in_channels, self.out_channels, self.kernel_size)
+        return conv_macs(fmt, *shape, in_hw, out_hw, ranks, self.groups)
+
+    def param_count(self, fmt: str, ranks: Mapping[str, int]) -> int:
+        """Parameters of this layer if it were held in ``fmt`` with ``ranks`` (formula table)."""
+        if fmt == "dense":
+            return self.params
+        if self.kind == "linear":
+            return linear_params(fmt, self.in_channels, self.out_channels, self.bias, ranks)
+        shape = (self.in_channels, self.out_channels, self.kernel_size)
+        return conv_params(fmt, *shape, self.bias, ranks, self.groups)
 
 
-def _prod(values: tuple[int, ...]) -> int:
-    out = 1
-    for value in values:
-        out *= value
-    return out
-
-
-def _info(name: str, module: nn.Conv2d | nn.Linear, in_size: tuple[int, ...], out_size: tuple[int, ...],
-          macs: int, params: int) -> LayerInfo:  # fmt: skip
+def _info(
+    name: str,
+    module: nn.Conv2d | nn.Linear,
+    in_size: tuple[int, ...],
+    out_size: tuple[int, ...],
+    macs: int,
+    params: int,
+) -> LayerInfo:
     ranks: dict[str, dict[str, int]] = {}
     reasons: dict[str, str] = {}
     for fmt in LOW_RANK_FORMATS:
@@ -75,13 +80,13 @@ def _info(name: str, module: nn.Conv2d | nn.Linear, in_size: tuple[int, ...], ou
             ranks[fmt] = dict(full_ranks(module, fmt))
         else:
             reasons[fmt] = reason
+    bias = module.bias is not None
     if isinstance(module, nn.Linear):
-        return LayerInfo(name, "linear", module.in_features, module.out_features, (1, 1), (1, 1), 1,
-                         in_size, out_size, macs, params, ranks, reasons)  # fmt: skip
-    k = module.kernel_size
-    s = module.stride
-    return LayerInfo(name, "conv", module.in_channels, module.out_channels, (k[0], k[1]), (s[0], s[1]),
-                     module.groups, in_size, out_size, macs, params, ranks, reasons)  # fmt: skip
+        shape = (module.in_features, module.out_features, (1, 1), (1, 1), 1)
+        return LayerInfo(name, "linear", *shape, in_size, out_size, macs, params, ranks, reasons, bias)
+    k, s = module.kernel_size, module.stride
+    shape = (module.in_channels, module.out_channels, (k[0], k[1]), (s[0], s[1]), module.groups)
+    return LayerInfo(name, "conv", *shape, in_size, out_size, macs, params, ranks, reasons, bias)
 
 
 def list_factorizable(model: nn.Module, input_size: tuple[int, ...]) -> list[LayerInfo]:
@@ -155,6 +160,29 @@ def apply_rank_config(
     return report
 
 
-def low_rank_layers(model: nn.Module) -> dict[str, LowRankLayer]:
-    """The low-rank layers of ``model`` by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, LowRankLayer)}
+def layer_infos(model_name: str, num_classes: int, input_size: tuple[int, ...]) -> dict[str, LayerInfo]:
+    """:func:`list_factorizable` of the dense model ``model_name``, by layer name (execution order)."""
+    from .models import create_model
+
+    model = create_model(model_name, num_classes=num_classes)
+    return {info.name: info for info in list_factorizable(model, input_size)}
+
+
+def build_model(config: RankConfig, *, seed: int | None = None, init: str = "scratch") -> nn.Module:
+    """The model of ``config`` with every listed layer in its low-rank form (fresh weights).
+
+    ``seed`` makes the dense and the low-rank initialization reproducible without touching
+    the global RNG.
+    """
+    import torch
+
+    from .models import create_model
+
+    model = create_model(config.model.name, num_classes=config.model.num_classes, seed=seed)
+    if seed is None:
+        apply_rank_config(model, config.layers, init=init)
+        return model
+    with torch.random.fork_rng(devices=[]):  # the low-rank init is seeded too
+        torch.manual_seed(seed + 1)
+        apply_rank_config(model, config.layers, init=init)
+    return model

@@ -27,15 +27,17 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .cost import conv_macs, linear_macs
+
 __all__ = [
-    "LAYER_FORMATS",
+    "LOW_RANK_CONV_CLASSES",
     "ConvLike",
     "LowRankLayer",
     "SVDConv2d",
     "SVDLinear",
     "Tucker2Conv2d",
     "conv_output_hw",
-    "dense_macs",
+    "dense_layer_macs",
     "full_ranks",
     "low_rank_class",
     "low_rank_modules",
@@ -115,19 +117,34 @@ def _leading(input_size: Sequence[int], in_features: int) -> int:
     return math.prod(input_size[:-1])
 
 
-def dense_macs(layer: nn.Conv2d | nn.Linear, input_size: Sequence[int]) -> int:
+def _pixels(conv_like: ConvLike, input_size: Sequence[int], in_channels: int) -> tuple[int, int]:
+    """Input and output pixel counts (H*W) of a conv on a per-sample input ``(C, H, W)``."""
+    _, h, w = _chw(input_size, in_channels)
+    h_out, w_out = conv_output_hw(conv_like, h, w)
+    return h * w, h_out * w_out
+
+
+def dense_layer_macs(layer: nn.Conv2d | nn.Linear, input_size: Sequence[int]) -> int:
     """MACs of a dense conv/linear layer for one sample of shape ``input_size`` (bias not counted).
 
     Conv: ``H_out*W_out*C_out*(C_in/groups)*kh*kw``; linear: ``prod(leading dims)*in*out``.
     """
     if isinstance(layer, nn.Conv2d):
-        _, h, w = _chw(input_size, layer.in_channels)
-        h_out, w_out = conv_output_hw(layer, h, w)
-        kh, kw = layer.kernel_size
-        return h_out * w_out * layer.out_channels * (layer.in_channels // layer.groups) * kh * kw
+        in_hw, out_hw = _pixels(layer, input_size, layer.in_channels)
+        return conv_macs(
+            "dense",
+            layer.in_channels,
+            layer.out_channels,
+            _pair(layer.kernel_size),
+            in_hw,
+            out_hw,
+            {},
+            layer.groups,
+        )
     if isinstance(layer, nn.Linear):
-        return _leading(input_size, layer.in_features) * layer.in_features * layer.out_features
-    raise TypeError(f"dense_macs expects nn.Conv2d or nn.Linear, got {type(layer).__name__}")
+        lead = _leading(input_size, layer.in_features)
+        return linear_macs("dense", layer.in_features, layer.out_features, lead, {})
+    raise TypeError(f"dense_layer_macs expects nn.Conv2d or nn.Linear, got {type(layer).__name__}")
 
 
 def _check_rank(cls_name: str, name: str, value: int, limit: int, limit_text: str) -> int:
@@ -380,15 +397,11 @@ class Tucker2Conv2d(LowRankLayer):
         return dense
 
     def macs(self, input_size: Sequence[int]) -> int:
-        """``H_in*W_in*C_in*r_in + H_out*W_out*r_in*r_out*kh*kw + H_out*W_out*r_out*C_out``."""
-        _, h, w = _chw(input_size, self.in_channels)
-        h_out, w_out = conv_output_hw(self, h, w)
-        kh, kw = self.kernel_size
-        r_in, r_out = self.rank_in, self.rank_out
-        return (
-            h * w * self.in_channels * r_in
-            + h_out * w_out * r_in * r_out * kh * kw
-            + h_out * w_out * r_out * self.out_channels
+        """``H_in*W_in*C_in*r_in + H_out*W_out*r_in*r_out*kh*kw + H_out*W_out*r_out*C_out``
+        (:func:`rank_search.cost.conv_macs`)."""
+        in_hw, out_hw = _pixels(self, input_size, self.in_channels)
+        return conv_macs(
+            "tucker2", self.in_channels, self.out_channels, self.kernel_size, in_hw, out_hw, self.ranks()
         )
 
     @classmethod
@@ -615,11 +628,10 @@ class SVDConv2d(_SVDLayer):
         return dense
 
     def macs(self, input_size: Sequence[int]) -> int:
-        """``H_out*W_out*C_in*kh*kw*r + H_out*W_out*r*C_out``."""
-        _, h, w = _chw(input_size, self.in_channels)
-        h_out, w_out = conv_output_hw(self, h, w)
-        kh, kw = self.kernel_size
-        return h_out * w_out * self.rank * (self.in_channels * kh * kw + self.out_channels)
+        """``H_out*W_out*C_in*kh*kw*r + H_out*W_out*r*C_out`` (:func:`rank_search.cost.conv_macs`)."""
+        in_hw, out_hw = _pixels(self, input_size, self.in_channels)
+        shape = (self.in_channels, self.out_channels, self.kernel_size)
+        return conv_macs("svd", *shape, in_hw, out_hw, self.ranks())
 
     @classmethod
     def max_ranks(cls, layer: nn.Module) -> dict[str, int]:
@@ -691,9 +703,9 @@ class SVDLinear(_SVDLayer):
         return dense
 
     def macs(self, input_size: Sequence[int]) -> int:
-        """``prod(leading dims) * r * (in + out)``."""
+        """``prod(leading dims) * r * (in + out)`` (:func:`rank_search.cost.linear_macs`)."""
         lead = _leading(input_size, self.in_features)
-        return lead * self.rank * (self.in_features + self.out_features)
+        return linear_macs("svd", self.in_features, self.out_features, lead, self.ranks())
 
     @classmethod
     def max_ranks(cls, layer: nn.Module) -> dict[str, int]:
@@ -719,18 +731,18 @@ class SVDLinear(_SVDLayer):
 
 # --------------------------------------------------------------------------- registry and factory
 
-LAYER_FORMATS: dict[str, type[LowRankLayer]] = {"tucker2": Tucker2Conv2d, "svd": SVDConv2d}
+LOW_RANK_CONV_CLASSES: dict[str, type[LowRankLayer]] = {"tucker2": Tucker2Conv2d, "svd": SVDConv2d}
 """Low-rank conv class per format name; :func:`low_rank_class` also handles ``nn.Linear``."""
 
-_LINEAR_FORMATS: dict[str, type[LowRankLayer]] = {"svd": SVDLinear}
+_LOW_RANK_LINEAR_CLASSES: dict[str, type[LowRankLayer]] = {"svd": SVDLinear}
 
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def _check_format(fmt: str) -> None:
     """Raise ``ValueError`` for an unknown format name."""
-    if fmt not in LAYER_FORMATS:
-        raise ValueError(f"unknown low-rank format {fmt!r}; known formats: {sorted(LAYER_FORMATS)}")
+    if fmt not in LOW_RANK_CONV_CLASSES:
+        raise ValueError(f"unknown low-rank format {fmt!r}; known formats: {sorted(LOW_RANK_CONV_CLASSES)}")
 
 
 def unfactorizable_reason(layer: nn.Module, fmt: str) -> str | None:
@@ -754,7 +766,7 @@ def unfactorizable_reason(layer: nn.Module, fmt: str) -> str | None:
     if isinstance(layer, nn.Conv2d) and layer.groups != 1:
         depthwise = " (depthwise)" if layer.groups == layer.in_channels else ""
         return f"grouped conv (groups={layer.groups}) is not factorized{depthwise}"
-    if isinstance(layer, nn.Linear) and fmt not in _LINEAR_FORMATS:
+    if isinstance(layer, nn.Linear) and fmt not in _LOW_RANK_LINEAR_CLASSES:
         return f"{fmt} applies to Conv2d only"
     return None
 
@@ -764,7 +776,7 @@ def low_rank_class(fmt: str, layer: nn.Module) -> type[LowRankLayer]:
     reason = unfactorizable_reason(layer, fmt)
     if reason is not None:
         raise ValueError(f"cannot factorize {type(layer).__name__} as {fmt}: {reason}")
-    return _LINEAR_FORMATS[fmt] if isinstance(layer, nn.Linear) else LAYER_FORMATS[fmt]
+    return _LOW_RANK_LINEAR_CLASSES[fmt] if isinstance(layer, nn.Linear) else LOW_RANK_CONV_CLASSES[fmt]
 
 
 def full_ranks(layer: nn.Conv2d | nn.Linear, fmt: str) -> dict[str, int]:

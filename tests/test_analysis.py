@@ -368,3 +368,48 @@ def test_on_a_real_tiny_search(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert main(["export", str(out), "--budget", "1.0", "-o", str(tmp_path / "best.json")]) == 0
         exported = load_rank_config(tmp_path / "best.json")
         assert exported.provenance["study"] == analysis.results.manifest.study_name
+
+
+def test_allocation_reference_is_the_searchs_uniform_starting_point(tmp_path: Path) -> None:
+    """With the space file at hand the reference is uniform_sample at the search's budget: the
+    search's own uniform trial, never over the budget."""
+    from rank_search.search.budget import uniform_sample
+    from rank_search.search.space import load_space, resolve_space
+
+    space_path = Path(__file__).resolve().parents[1] / "spaces" / "cifar-resnet.yaml"
+    directory = make_search_dir(tmp_path / "s", space=str(space_path))
+    results = load_search(directory)
+    budget = results.manifest.budget_macs
+    assert budget is not None
+    analysis = compute_analysis(directory, importance=False, n_boot=10)
+    allocation = analysis.allocation
+    assert allocation is not None and "search's uniform starting point" in allocation.uniform_source
+    raw = results.manifest.raw
+    res = resolve_space(
+        load_space(space_path), raw["model"], list(results.layer_infos.values()), input_size=(3, 32, 32)
+    )
+    expected = res.macs(uniform_sample(res, budget))
+    assert allocation.uniform_macs == expected <= budget
+    assert allocation.uniform_macs >= 0.99 * budget
+
+
+def test_few_trials_hide_correlations_and_label_what_is_shown(tmp_path: Path) -> None:
+    from rank_search.analysis.redundancy import best_trials_label
+
+    trials = [
+        T("a", "u0.25", acc=0.6, number=0),
+        T("b", "A", acc=0.7, number=1),
+        T("c", "B", acc=0.65, number=2),
+        T("d", "u0.5", acc=0.8, number=3),
+    ]
+    directory = make_search_dir(tmp_path / "s", trials)
+    analysis = compute_analysis(directory, importance=False, n_boot=10)
+    assert analysis.sensitivity["spearman"].isna().all()
+    assert analysis.sensitivity["partial_spearman"].isna().all()
+    assert set(analysis.sensitivity["n"]) == {4}
+    label = best_trials_label(analysis.results.trials, 0.25)
+    assert label.startswith("best 3 of 4 fully-trained trials")
+    assert analysis.distribution["trial_id"].nunique() == 3
+    out = tmp_path / "out"
+    analyze(directory, out_dir=out, importance=False, n_boot=10)
+    assert "Only 4 fully-trained trials" in (out / "report.html").read_text()

@@ -158,6 +158,27 @@ def test_uniform_sample_within_one_percent(name: str, fraction: float) -> None:
         assert max(values) - min(values) < 0.15
 
 
+def test_uniform_sample_stays_uniform_when_tucker2_cannot_meet_the_budget() -> None:
+    """MobileNetV2's 1x1 convs: Tucker-2 at the minimum ratio costs ~0.79 of dense, so at a 0.5
+    budget the uniform point is uniform SVD near the budget, not a min-rank projection (~0.32)."""
+    from pathlib import Path
+
+    from rank_search.search.budget import project
+    from rank_search.search.space import load_space
+
+    size = (3, 32, 32)
+    infos = list_factorizable(create_model("mobilenet_v2"), size)
+    spaces = Path(__file__).resolve().parents[1] / "spaces"
+    res = resolve_space(load_space(spaces / "mobilenet-v2.yaml"), "mobilenet_v2", infos, input_size=size)
+    budget = Budget(fraction=0.5).resolve(res.dense_macs)
+    tucker_at_min = uniform_sample(res, 0.0, fmt="tucker2")
+    assert res.macs(tucker_at_min) > budget  # the preferred format cannot reach it
+    sample = uniform_sample(res, budget)
+    assert {c.format for c in sample.units.values()} == {"svd"}
+    assert 0.98 * budget <= res.macs(sample) <= budget
+    assert not project(res, sample, budget, fill_up=True).projected
+
+
 def test_uniform_sample_is_valid_params() -> None:
     res = space("mixed-block")
     budget = Budget(fraction=0.4).resolve(res.dense_macs)

@@ -17,7 +17,6 @@ from rank_search.config import (
     RankConfig,
     load_rank_config,
     save_rank_config,
-    uniform_config,
 )
 from rank_search.cost import count_cost
 from rank_search.errors import ConfigError
@@ -51,8 +50,8 @@ def test_round_trip_rebuilds_same_model(tmp_path: Path) -> None:
     assert [(n, p.shape) for n, p in a.named_parameters()] == [(n, p.shape) for n, p in b.named_parameters()]
     assert count_cost(a, (3, 32, 32)).macs == count_cost(b, (3, 32, 32)).macs == again.cost.macs  # type: ignore[union-attr]
     data = json.loads(saved.read_text())
-    assert data["cost"]["dense_macs"] == count_cost(RankConfig(ModelSpec("resnet20"), (3, 32, 32)).build(),
-                                                    (3, 32, 32)).macs  # fmt: skip
+    dense = RankConfig(ModelSpec("resnet20"), (3, 32, 32)).build()
+    assert data["cost"]["dense_macs"] == count_cost(dense, (3, 32, 32)).macs
     assert data["cost"]["macs"] < data["cost"]["dense_macs"]
 
 
@@ -64,12 +63,6 @@ def test_cost_mismatch_is_reported(tmp_path: Path) -> None:
         config = load_rank_config(write(tmp_path, data))
     assert any(issubclass(w.category, CostMismatchWarning) and "cost" in str(w.message) for w in caught)
     assert config.cost is not None and config.cost.macs > 1
-
-
-def test_uniform_config_halves_ranks() -> None:
-    config = uniform_config("resnet20", 10, (3, 32, 32), 0.5, ["layer1.0.conv1", "layer3.0.conv2"])
-    assert config.layers["layer1.0.conv1"] == LayerSpec.tucker2(8, 8)
-    assert config.layers["layer3.0.conv2"] == LayerSpec.tucker2(32, 32)
 
 
 def mutate(path: str, value: Any) -> dict[str, Any]:
@@ -154,20 +147,33 @@ def test_build_with_seed_is_reproducible_for_low_rank_layers(tmp_path: Path) -> 
     assert not torch.equal(a.layer1[0].conv1.core.weight, config.build(seed=6).layer1[0].conv1.core.weight)
 
 
-def test_analytic_macs_and_uniform_ratio_bounds(tmp_path: Path) -> None:
-    from rank_search.config import analytic_macs, uniform_ratio_bounds
-    from rank_search.convert import list_factorizable
-    from rank_search.models import create_model
+def test_analytic_cost_equals_built_and_counted_cost(tmp_path: Path) -> None:
+    from rank_search.config import Cost
+    from rank_search.cost import count_params
 
     config = load_rank_config(write(tmp_path, VALID))
-    infos = {i.name: i for i in list_factorizable(create_model("resnet20"), (3, 32, 32))}
-    assert config.cost is not None and analytic_macs(infos, config.layers) == config.cost.macs
-    names = ["layer1.0.conv1", "layer2.1.conv2", "layer3.2.conv1"]
-    target = analytic_macs(infos, {}) - 200_000
-    lo, hi = uniform_ratio_bounds("resnet20", 10, (3, 32, 32), names, target)
-    assert 0 < lo < hi <= 1 and hi - lo == pytest.approx(2**-30)
-    at = {
-        r: analytic_macs(infos, uniform_config("resnet20", 10, (3, 32, 32), r, names).layers)
-        for r in (lo, hi)
-    }
-    assert at[lo] <= target < at[hi]
+    built, dense = config.build(), RankConfig(config.model, config.input_size).build()
+    counted = Cost(
+        count_cost(built, (3, 32, 32)).macs, count_params(built), count_cost(dense, (3, 32, 32)).macs
+    )
+    assert config.cost == counted
+
+
+def test_missing_num_classes_is_named_as_missing(tmp_path: Path) -> None:
+    data = copy.deepcopy(VALID)
+    del data["model"]["num_classes"]
+    config = load_rank_config(write(tmp_path, data))
+    assert config.model.num_classes == 10 and not config.model.num_classes_given
+    assert "no model.num_classes" in config.model.classes_text()
+    assert load_rank_config(write(tmp_path, VALID)).model.classes_text() == "10 classes"
+
+
+def test_cost_of_an_unvalidated_config_names_bad_layers() -> None:
+    from rank_search.config import rank_config_from_dict
+
+    data = copy.deepcopy(VALID)
+    data["layers"]["layer9.conv"] = {"format": "svd", "rank": 2}
+    config = rank_config_from_dict(data, validate=False)
+    with pytest.raises(ConfigError) as info:
+        config.compute_cost()
+    assert info.value.key == "layers.layer9.conv"

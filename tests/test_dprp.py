@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from rank_search.cli import main
-from rank_search.config import load_rank_config, save_rank_config, uniform_config
+from rank_search.config import load_rank_config, save_rank_config
 from rank_search.data import DataOptions, load_data
 from rank_search.data.dataset import Dataset
 from rank_search.errors import ConfigError
@@ -26,6 +26,7 @@ from rank_search.train.dprp import (
     transfer_momentum,
 )
 from rank_search.train.step import build_optimizer
+from rank_search.uniform import uniform_config
 
 
 @pytest.fixture(scope="module")

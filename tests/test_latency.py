@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rank_search.cli import main
-from rank_search.config import LayerSpec, ModelSpec, RankConfig, uniform_config
+from rank_search.config import LayerSpec, ModelSpec, RankConfig
 from rank_search.convert import LayerInfo, list_factorizable
 from rank_search.errors import BudgetError, ConfigError, RankSearchError
 from rank_search.latency import (
@@ -28,6 +28,7 @@ from rank_search.latency import (
     resolve_device,
 )
 from rank_search.models import create_model
+from rank_search.uniform import uniform_config
 
 TINY = (3, 8, 8)
 FAST = TimingSettings(repeats=2, warmup=1, min_sample_ms=0.0)

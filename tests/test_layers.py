@@ -12,13 +12,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from rank_search.layers import (
-    LAYER_FORMATS,
+    LOW_RANK_CONV_CLASSES,
     LowRankLayer,
     SVDConv2d,
     SVDLinear,
     Tucker2Conv2d,
     conv_output_hw,
-    dense_macs,
+    dense_layer_macs,
     full_ranks,
     low_rank_class,
     low_rank_modules,
@@ -59,7 +59,7 @@ def _conv_input(conv: nn.Conv2d, batch: int = 2) -> torch.Tensor:
 # --------------------------------------------------------------------------- equivalence
 
 
-@pytest.mark.parametrize("fmt", sorted(LAYER_FORMATS))
+@pytest.mark.parametrize("fmt", sorted(LOW_RANK_CONV_CLASSES))
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_full_rank_from_dense_matches_dense_conv(fmt: str, case: str) -> None:
     conv = _dense_conv(**CONV_CASES[case])
@@ -81,7 +81,7 @@ def test_full_rank_from_dense_float32_close() -> None:
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 16, 3, padding=1)
     x = torch.randn(2, 8, 6, 6)
-    for fmt in LAYER_FORMATS:
+    for fmt in LOW_RANK_CONV_CLASSES:
         layer = make_low_rank(conv, fmt, full_ranks(conv, fmt), init="svd")
         assert all(p.dtype == torch.float32 for p in layer.parameters())
         torch.testing.assert_close(layer(x), conv(x), atol=1e-4, rtol=1e-4)
@@ -101,7 +101,7 @@ def test_svd_linear_full_rank_matches_dense(bias: bool) -> None:
     torch.testing.assert_close(dense(x), linear(x))
 
 
-@pytest.mark.parametrize("fmt", sorted(LAYER_FORMATS))
+@pytest.mark.parametrize("fmt", sorted(LOW_RANK_CONV_CLASSES))
 def test_truncation_error_decreases_with_rank(fmt: str) -> None:
     conv = _dense_conv(in_channels=6, out_channels=8, kernel_size=3, padding=1)
     x = _conv_input(conv)
@@ -163,9 +163,9 @@ def test_macs_and_params_by_hand() -> None:
     assert linear.macs((3, 20)) == 360
     assert linear.num_params() == 134
     # Dense: 4*4*32*16*9 = 73728; grouped (groups=4, no pad, 6x6 out): 36*32*4*9 = 41472; linear 5*20*10.
-    assert dense_macs(nn.Conv2d(16, 32, 3, stride=2, padding=1), (16, 8, 8)) == 73728
-    assert dense_macs(nn.Conv2d(16, 32, 3, groups=4), (16, 8, 8)) == 41472
-    assert dense_macs(nn.Linear(20, 10), (5, 20)) == 1000
+    assert dense_layer_macs(nn.Conv2d(16, 32, 3, stride=2, padding=1), (16, 8, 8)) == 73728
+    assert dense_layer_macs(nn.Conv2d(16, 32, 3, groups=4), (16, 8, 8)) == 41472
+    assert dense_layer_macs(nn.Linear(20, 10), (5, 20)) == 1000
 
 
 def test_conv_output_hw_matches_torch() -> None:
@@ -194,8 +194,8 @@ def test_macs_match_flop_counter(case: str) -> None:
     conv = nn.Conv2d(**CONV_CASES[case])
     x = torch.randn(1, conv.in_channels, *INPUT_HW)
     size = tuple(x.shape[1:])
-    assert dense_macs(conv, size) == _counted_macs(conv, x)
-    for fmt in LAYER_FORMATS:
+    assert dense_layer_macs(conv, size) == _counted_macs(conv, x)
+    for fmt in LOW_RANK_CONV_CLASSES:
         full = full_ranks(conv, fmt)
         layer = make_low_rank(conv, fmt, {name: max(1, r - 1) for name, r in full.items()})
         assert layer.macs(size) == _counted_macs(layer, x)
@@ -205,7 +205,7 @@ def test_linear_macs_match_flop_counter() -> None:
     layer = SVDLinear(12, 7, rank=5)
     x = torch.randn(1, 3, 12)
     assert layer.macs((3, 12)) == _counted_macs(layer, x) == 3 * 5 * (12 + 7)
-    assert dense_macs(nn.Linear(12, 7), (3, 12)) == _counted_macs(nn.Linear(12, 7), x)
+    assert dense_layer_macs(nn.Linear(12, 7), (3, 12)) == _counted_macs(nn.Linear(12, 7), x)
 
 
 # --------------------------------------------------------------------------- initialization
@@ -353,9 +353,9 @@ def test_make_low_rank_rejects_bad_ranks(fmt: str, ranks: dict[str, Any], messag
 
 def test_make_low_rank_copies_hyperparameters() -> None:
     conv = nn.Conv2d(4, 6, (3, 5), stride=(2, 1), padding=(1, 2), dilation=2, bias=False, dtype=torch.float64)
-    for fmt in LAYER_FORMATS:
+    for fmt in LOW_RANK_CONV_CLASSES:
         layer = make_low_rank(conv, fmt, {name: 2 for name in full_ranks(conv, fmt)})
-        assert isinstance(layer, LAYER_FORMATS[fmt]) and layer.format == fmt
+        assert isinstance(layer, LOW_RANK_CONV_CLASSES[fmt]) and layer.format == fmt
         assert (layer.kernel_size, layer.stride, layer.padding, layer.dilation) == (
             (3, 5),
             (2, 1),

@@ -96,6 +96,36 @@ def test_analytic_layer_macs_equal_counted() -> None:
         assert infos[name].macs(spec.format, spec.ranks()) == counted[name]
 
 
+@pytest.mark.parametrize("model_name", ["resnet20", "mobilenet_v2"])
+def test_formula_table_equals_counting_for_every_format(model_name: str) -> None:
+    """The formula table (LayerInfo.macs/param_count, AnalyticCost) equals counting the built
+    model layer by layer: dense (grouped and depthwise convs too), Tucker-2 and SVD, conv and linear."""
+    from rank_search.config import ModelSpec, RankConfig
+    from rank_search.cost import AnalyticCost
+
+    size = (3, 32, 32)
+    model = create_model(model_name)
+    infos = {i.name: i for i in list_factorizable(model, size)}
+    dense_counted = {layer.name: layer for layer in count_cost(model, size).layers}
+    specs: dict[str, LayerSpec] = {}
+    for index, (name, info) in enumerate(infos.items()):
+        assert info.macs("dense", {}) == info.dense_macs == dense_counted[name].macs
+        assert info.param_count("dense", {}) == info.params == dense_counted[name].params
+        fmts = [f for f in ("tucker2", "svd") if info.allows(f)]
+        if fmts:
+            fmt = fmts[index % len(fmts)]
+            specs[name] = LayerSpec(fmt, **{k: max(1, v // 3) for k, v in info.full_ranks[fmt].items()})
+    built = create_model(model_name)
+    apply_rank_config(built, specs)
+    counted = {layer.name: layer for layer in count_cost(built, size).layers}
+    for name, spec in specs.items():
+        assert infos[name].macs(spec.format, spec.ranks()) == counted[name].macs, name
+        assert infos[name].param_count(spec.format, spec.ranks()) == counted[name].params, name
+    cost = AnalyticCost.of(RankConfig(ModelSpec(model_name), size)).of_layers(specs)
+    assert (cost.macs, cost.params) == (count_cost(built, size).macs, count_params(built))
+    assert AnalyticCost.of(RankConfig(ModelSpec(model_name), size)).of_model(built) == cost
+
+
 def test_list_factorizable_reports_ranks_and_reasons() -> None:
     infos = {i.name: i for i in list_factorizable(create_model("mobilenet_v2"), (3, 64, 64))}
     first = infos["features.0.0"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rank_search.cli import main
-from rank_search.config import RankConfig, load_rank_config, uniform_config
+from rank_search.config import RankConfig, load_rank_config
 from rank_search.data import DataOptions, load_data
 from rank_search.data.dataset import Dataset
 from rank_search.errors import ConfigError
@@ -31,6 +31,7 @@ from rank_search.train import (
 from rank_search.train.loop import InputSizeWarning
 from rank_search.train.schedule import STEP_DECAY, WarmupCosine, lr_at, regularizer_factor
 from rank_search.train.step import param_groups
+from rank_search.uniform import uniform_config
 
 BLOCK_CONVS = [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2)]
 FAST = TrainConfig(epochs=2, batch_size=64, lr=0.05, warmup_epochs=0.5, device="cpu")
@@ -156,6 +157,9 @@ def test_config_matched_to_dataset(tiny: Dataset) -> None:
     wrong = dataclasses.replace(tucker(), model=dataclasses.replace(tucker().model, num_classes=7))
     with pytest.raises(ConfigError, match=r"model\.num_classes"):
         match_dataset(wrong, tiny)
+    unnamed = dataclasses.replace(wrong, model=dataclasses.replace(wrong.model, num_classes_given=False))
+    with pytest.raises(ConfigError, match=r"has no model\.num_classes \(so the default 7\)"):
+        match_dataset(unnamed, tiny)
 
 
 # --- fit ---------------------------------------------------------------------------------------

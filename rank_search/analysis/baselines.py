@@ -24,11 +24,11 @@ class Baselines:
     uniform: pd.DataFrame  # fully-trained "uniform" trials, by MACs ascending
 
     def best_uniform_at(
-        self, max_macs: float | None, metric: str = "val_accuracy", column: str = "macs"
+        self, budget: float | None, metric: str = "val_accuracy", column: str = "macs"
     ) -> pd.Series | None:
         """The most accurate fully-trained uniform trial with ``column`` (``macs`` or ``latency_ms``)
-        within ``max_macs`` (any, if None)."""
-        pool = self.uniform if max_macs is None else self.uniform[self.uniform[column] <= max_macs]
+        within ``budget`` (in that column's unit: MACs or ms; any, if None)."""
+        pool = self.uniform if budget is None else self.uniform[self.uniform[column] <= budget]
         if pool.empty:
             return None
         return pool.sort_values([metric, column], ascending=[False, True], kind="stable").iloc[0]

@@ -23,7 +23,7 @@ from ..errors import BudgetError, RankSearchError
 from .allocation import Allocation, allocation_vs_uniform
 from .baselines import Baselines, baselines
 from .pareto import FrontFit, FrontPrediction, fit_front, pareto_front, resolve_budget, select_at_budget
-from .redundancy import layer_sensitivity, optuna_importances, rank_distribution
+from .redundancy import best_trials_label, layer_sensitivity, optuna_importances, rank_distribution
 from .results import SearchResults, flat_for_csv, has_tag, learning_curves, load_search, status_counts
 from .spectra import LayerSpectrum
 
@@ -211,7 +211,7 @@ def make_figures(analysis: Analysis) -> dict[str, Any]:
     planned = int(analysis.results.trials["epochs_planned"].max())
     figures: dict[str, Any] = {
         "pareto": plots.plot_pareto(analysis.results.trials, analysis.front, analysis.fit, analysis.baselines,
-                                    budget_macs=analysis.budget, chosen_id=analysis.chosen_id,
+                                    budget=analysis.budget, chosen_id=analysis.chosen_id,
                                     axis=analysis.axis),
         "learning_curves": plots.plot_learning_curves(analysis.curves, rungs=analysis.rungs,
                                                       epochs_planned=planned),
@@ -219,7 +219,7 @@ def make_figures(analysis: Analysis) -> dict[str, Any]:
     if analysis.allocation is not None:
         figures["allocation"] = plots.plot_allocation(analysis.allocation)
     if not analysis.distribution.empty:
-        label = f"top {analysis.top_fraction:.0%} fully trained"
+        label = best_trials_label(analysis.results.trials, analysis.top_fraction)
         figures["redundancy"] = plots.plot_redundancy(
             analysis.distribution, analysis.sensitivity, top_label=label
         )

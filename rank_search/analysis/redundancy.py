@@ -23,13 +23,35 @@ import pandas as pd
 
 from .results import SearchManifest, ratio_columns
 
+MIN_CORRELATION_TRIALS = 6
+"""Fewer fully-trained trials than this: no per-layer correlation is shown (with 4 trials a
+Spearman correlation of +-1 comes from chance one time in twelve)."""
 
-def best_trials(trials: pd.DataFrame, fraction: float = 0.25, *, min_count: int = 3,
-                metric: str = "val_accuracy") -> pd.DataFrame:  # fmt: skip
+
+def _best_count(pool_size: int, fraction: float, min_count: int) -> int:
+    return max(math.ceil(fraction * pool_size), min(min_count, pool_size))
+
+
+def best_trials(
+    trials: pd.DataFrame, fraction: float = 0.25, *, min_count: int = 3, metric: str = "val_accuracy"
+) -> pd.DataFrame:
     """The top ``fraction`` of fully-trained trials by ``metric`` (at least ``min_count`` if there)."""
     pool = trials[trials["fully_trained"]].sort_values(metric, ascending=False, kind="stable")
-    count = max(math.ceil(fraction * len(pool)), min(min_count, len(pool)))
-    return pool.head(count)
+    return pool.head(_best_count(len(pool), fraction, min_count))
+
+
+def best_trials_label(trials: pd.DataFrame, fraction: float = 0.25, *, min_count: int = 3) -> str:
+    """What :func:`best_trials` shows, in words: ``"best 3 of 4 fully-trained trials (top 25%,
+    at least 3)"``."""
+    pool = int(trials["fully_trained"].sum())
+    count = _best_count(pool, fraction, min_count)
+    return f"best {count} of {pool} fully-trained trials (top {fraction:.0%}, at least {min_count})"
+
+
+def chance_correlation(n: int) -> float:
+    """About the largest ``|Spearman|`` that chance alone gives in 95% of cases over ``n``
+    trials (``1.96/sqrt(n-1)``, the large-sample approximation); NaN for ``n < 3``."""
+    return 1.96 / math.sqrt(n - 1) if n >= 3 else math.nan
 
 
 def rank_distribution(
@@ -76,11 +98,19 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> float:
     return float(np.corrcoef(res_x, res_y)[0, 1])
 
 
-def layer_sensitivity(trials: pd.DataFrame, *, metric: str = "val_accuracy",
-                      importances: dict[str, float] | None = None) -> pd.DataFrame:  # fmt: skip
+def layer_sensitivity(
+    trials: pd.DataFrame,
+    *,
+    metric: str = "val_accuracy",
+    importances: dict[str, float] | None = None,
+    min_trials: int = MIN_CORRELATION_TRIALS,
+) -> pd.DataFrame:
     """Per layer (network order): ``spearman``, ``partial_spearman`` (given log MACs), ``n``,
     ``ratio_median`` over all fully-trained trials, and ``importance`` (summed Optuna
-    importance of the parameters naming the layer; NaN without ``importances``)."""
+    importance of the parameters naming the layer; NaN without ``importances``).
+
+    Correlations over fewer than ``min_trials`` trials are NaN (not shown): see
+    :data:`MIN_CORRELATION_TRIALS` and :func:`chance_correlation` for the caveat to print."""
     pool = trials[trials["fully_trained"]]
     y = pool[metric].to_numpy(float)
     z = np.log(pool["macs"].to_numpy(float).clip(min=1))
@@ -88,14 +118,18 @@ def layer_sensitivity(trials: pd.DataFrame, *, metric: str = "val_accuracy",
     for column in ratio_columns(trials):
         layer = column.removeprefix("rank:")
         x = pool[column].to_numpy(float)
-        rows.append({
-            "layer": layer,
-            "spearman": spearman(x, y),
-            "partial_spearman": partial_spearman(x, y, z),
-            "n": int(np.isfinite(x).sum()),
-            "ratio_median": float(np.nanmedian(x)) if np.isfinite(x).any() else math.nan,
-            "importance": layer_importance(layer, importances) if importances else math.nan,
-        })  # fmt: skip
+        n = int(np.isfinite(x).sum())
+        enough = n >= min_trials
+        rows.append(
+            {
+                "layer": layer,
+                "spearman": spearman(x, y) if enough else math.nan,
+                "partial_spearman": partial_spearman(x, y, z) if enough else math.nan,
+                "n": n,
+                "ratio_median": float(np.nanmedian(x)) if np.isfinite(x).any() else math.nan,
+                "importance": layer_importance(layer, importances) if importances else math.nan,
+            }
+        )
     return pd.DataFrame(
         rows, columns=["layer", "spearman", "partial_spearman", "n", "ratio_median", "importance"]
     )

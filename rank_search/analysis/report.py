@@ -21,11 +21,12 @@ CAPTIONS = {
     "pareto": "Accuracy vs MACs. Grey: fully-trained trials; hollow: early-stopped/running; x: failed. "
     "Black steps: the Pareto front of fully-trained trials; green: the fitted monotone front "
     "(piecewise-linear in log MACs) with its bootstrap band.",
-    "allocation": "Rank ratio per layer (network order) of the chosen config vs the uniform ratio "
-    "at the same MACs.",
-    "redundancy": "Top: rank ratio of each layer over the best fully-trained trials. Bottom: Spearman "
-    "correlation of each layer's ratio with accuracy over all fully-trained trials "
-    "(raw, and given log MACs).",
+    "allocation": "Rank ratio per layer (network order) of the chosen config vs the uniform reference "
+    "(the search's uniform starting point; the legend says at which MACs).",
+    "redundancy": "Top: rank ratio of each layer over the best fully-trained trials (the axis label "
+    "says how many). Bottom: Spearman correlation of each layer's ratio with accuracy over all "
+    "fully-trained trials (raw, and given log MACs); dotted: the level chance alone reaches; not "
+    "shown with fewer than 6 trials.",
     "learning_curves": "Validation accuracy per epoch of every trial; dotted lines: ASHA rungs.",
     "spectra": "Singular values s_i/s_0 of each layer's dense weight (low-rank layers reconstructed with "
     "to_dense()); markers: effective ranks at 90% and 99% energy.",
@@ -106,8 +107,12 @@ def _baseline_rows(analysis: Analysis) -> list[list[Any]]:
     uniform = base.best_uniform_at(analysis.budget, column=analysis.axis_column)
     if uniform is not None:
         latency = f", {uniform['latency_ms']:.3f} ms" if analysis.axis == "latency" else ""
-        rows.append([f"best uniform within budget ({uniform['trial_id']})",
-                     f"{uniform['val_accuracy']:.4f} at {int(uniform['macs']):,} MACs{latency}"])  # fmt: skip
+        rows.append(
+            [
+                f"best uniform within budget ({uniform['trial_id']})",
+                f"{uniform['val_accuracy']:.4f} at {int(uniform['macs']):,} MACs{latency}",
+            ]
+        )
     else:
         rows.append(["uniform baseline", "no fully-trained uniform trial within the budget"])
     rows.append(["Pareto front points", len(analysis.front)])
@@ -131,10 +136,28 @@ def _figure(name: str, out: Path) -> str:
 
 def _sensitivity(analysis: Analysis) -> str:
     frame = analysis.sensitivity
-    rows = [[r["layer"], r["ratio_median"], r["spearman"], r["partial_spearman"], r["importance"], r["n"]]
-            for _, r in frame.iterrows()]  # fmt: skip
+    columns = ["layer", "ratio_median", "spearman", "partial_spearman", "importance", "n"]
+    rows = [[r[c] for c in columns] for _, r in frame.iterrows()]
     headers = ["layer", "median ratio", "Spearman", "partial (given MACs)", "Optuna importance", "n"]
-    return "<h2>Per-layer sensitivity</h2>" + _table(headers, rows)
+    return "<h2>Per-layer sensitivity</h2>" + _correlation_caveat(frame) + _table(headers, rows)
+
+
+def _correlation_caveat(frame: pd.DataFrame) -> str:
+    from .redundancy import MIN_CORRELATION_TRIALS, chance_correlation
+
+    n = int(frame["n"].max()) if len(frame) else 0
+    if n < MIN_CORRELATION_TRIALS:
+        text = (
+            f"Only {n} fully-trained trials: per-layer correlations need at least "
+            f"{MIN_CORRELATION_TRIALS} and are not shown (with 4 trials chance alone gives +-1.00 "
+            "one time in twelve)."
+        )
+    else:
+        text = (
+            f"Correlations over n={n} fully-trained trials: |Spearman| below about "
+            f"{chance_correlation(n):.2f} is within what chance alone gives (95%)."
+        )
+    return f'<p class="warn">{html.escape(text)}</p>'
 
 
 def _spectra(analysis: Analysis) -> str:
@@ -156,12 +179,21 @@ def render_report(analysis: Analysis, out: Path, figures: Sequence[str]) -> str:
     title = f"rank-search analysis: {manifest.study_name}"
     directory, status = html.escape(str(analysis.results.directory)), html.escape(manifest.status)
     mode = html.escape(str(manifest.mode))
-    header = (f"<h1>{html.escape(title)}</h1><p>Search directory <code>{directory}</code>, search status "
-              f"<b>{status}</b>, mode {mode}; rank-search {__version__}.</p>")  # fmt: skip
-    body = [header, _key_numbers(analysis), *(_figure(name, out) for name in figures), _sensitivity(analysis),
-            _spectra(analysis)]  # fmt: skip
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")  # fmt: skip
+    header = (
+        f"<h1>{html.escape(title)}</h1><p>Search directory <code>{directory}</code>, search status "
+        f"<b>{status}</b>, mode {mode}; rank-search {__version__}.</p>"
+    )
+    body = [
+        header,
+        _key_numbers(analysis),
+        *(_figure(name, out) for name in figures),
+        _sensitivity(analysis),
+        _spectra(analysis),
+    ]
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
 def write_report(analysis: Analysis, out: Path, figures: Sequence[str]) -> Path:

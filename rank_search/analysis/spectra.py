@@ -107,9 +107,12 @@ def spectra_table(spectra: list[LayerSpectrum]) -> pd.DataFrame:
     rows = []
     for spec in spectra:
         row: dict[str, object] = {
-            "layer": spec.layer, "format": spec.format, "source": spec.source,
-            "full_rank": spec.full_rank, "config_rank": spec.config_rank,
-        }  # fmt: skip
+            "layer": spec.layer,
+            "format": spec.format,
+            "source": spec.source,
+            "full_rank": spec.full_rank,
+            "config_rank": spec.config_rank,
+        }
         for level in ENERGY_LEVELS:
             erank = spec.effective_rank(level)
             row[f"erank{round(level * 100)}"] = erank

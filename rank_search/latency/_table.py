@@ -366,7 +366,7 @@ class LatencyTable:
 
     def _reference_config(self, dense: RankConfig) -> RankConfig | None:
         """Uniform Tucker-2 (else SVD) at rank ratio 0.5 on every layer allowing it; None if none does."""
-        from ..config import uniform_config
+        from ..uniform import uniform_config
 
         infos = self.model_infos(dense.model.name, dense.input_size, dense.model.num_classes)
         for fmt in ("tucker2", "svd"):

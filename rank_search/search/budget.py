@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import REGULARIZER_NAMES, RegularizerSpec
 from ..errors import BudgetError, ConfigError
+from ..uniform import largest_fitting
 from .space import ResolvedSpace, Sample, Unit, UnitChoice
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ __all__ = [
     "smallest_cost",
     "smallest_macs",
     "smallest_sample",
+    "uniform_formats",
     "uniform_sample",
 ]
 
@@ -281,14 +283,8 @@ def _scaled(space: ResolvedSpace, sample: Sample, s: float) -> Sample:
 
 
 def _bisect(fits: Callable[[float], bool], lo: float, hi: float) -> float:
-    """Largest ``x`` in ``[lo, hi]`` with ``fits(x)``, given ``fits(lo)`` and monotone ``fits``
-    (otherwise some ``x`` with ``fits(x)``: only fitting points are kept)."""
-    if fits(hi):
-        return hi
-    for _ in range(_BISECT_STEPS):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    """Largest ``x`` in ``[lo, hi]`` with ``fits(x)`` (:func:`rank_search.uniform.largest_fitting`)."""
+    return largest_fitting(fits, lo, hi, _BISECT_STEPS)[0]
 
 
 def _fill(
@@ -314,8 +310,9 @@ def _fill(
     return sample.replace_units(units)
 
 
-def _make_reachable(space: ResolvedSpace, sample: Sample, fits: Callable[[Sample], bool], cost: CostModel,
-                    budget: float) -> Sample:  # fmt: skip
+def _make_reachable(
+    space: ResolvedSpace, sample: Sample, fits: Callable[[Sample], bool], cost: CostModel, budget: float
+) -> Sample:
     """Switch dense units (largest first), then all units, to cheap formats until ``s=0`` fits."""
     if fits(_scaled(space, sample, 0.0)):
         return sample
@@ -398,23 +395,41 @@ def uniform_sample(
     train_defaults: Mapping[str, float] | None = None,
     cost: CostModel = MACS,
 ) -> Sample:
-    """The same rank ratio in every unit (Tucker-2 where allowed), as large as the budget allows.
+    """The same rank ratio and format in every unit, as large as the budget allows.
 
-    The ratio is found by bisection, then the rounding gap is filled one rank level at a time,
-    so the result lands within about 1% of a MACs budget whenever the space can reach it.
-    Regularizer: ``dso`` at 1e-3 where the space allows it; train values: ``train_defaults``,
-    both clamped into the space's ranges.
+    The format is ``fmt`` (Tucker-2) where the budget can be met in it; when even the space's
+    minimum ratio in ``fmt`` is over the budget (MobileNetV2's 1x1 convs: Tucker-2 at the
+    minimum ratio costs 0.79 of dense), the next format of the space that can meet it
+    (SVD), so the point stays uniform instead of being projected into a mixed config. Units
+    that do not offer the format take their first low-rank format. The ratio is found by
+    :func:`rank_search.uniform.largest_fitting`, then the rounding gap is filled one rank
+    level at a time, so the result lands within about 1% of a MACs budget whenever the
+    space can reach it. When no single format reaches the budget, the minimum ratio in
+    ``fmt`` is returned (the search's projection then repairs it; it is not uniform).
+    Regularizer: ``dso`` at 1e-3 where the space allows it; train values:
+    ``train_defaults``, both clamped into the space's ranges.
     """
     base = Sample({}, _default_regularizer(space), _default_train(space, train_defaults or {}))
 
     def fits(sample: Sample) -> bool:
         return cost(space, sample) <= budget
 
-    if not fits(_uniform(space, 0.0, fmt, base)):
-        return _uniform(space, 0.0, fmt, base)
-    ratio = _bisect(lambda r: fits(_uniform(space, r, fmt, base)), 0.0, 1.0)
-    caps = {u.key: u.value_bounds[1] for u in space.units}
-    return _fill(space, _uniform(space, ratio, fmt, base), caps, fits)
+    def fits_at(candidate: str) -> Callable[[float], bool]:
+        return lambda ratio: fits(_uniform(space, ratio, candidate, base))
+
+    for candidate in uniform_formats(space, fmt):
+        if fits_at(candidate)(0.0):
+            ratio = _bisect(fits_at(candidate), 0.0, 1.0)
+            caps = {u.key: u.value_bounds[1] for u in space.units}
+            return _fill(space, _uniform(space, ratio, candidate, base), caps, fits)
+    return _uniform(space, 0.0, fmt, base)
+
+
+def uniform_formats(space: ResolvedSpace, fmt: str = "tucker2") -> list[str]:
+    """The formats :func:`uniform_sample` tries, in order: ``fmt``, then the space's other
+    low-rank formats (sorted)."""
+    others = sorted({f for unit in space.units for f in unit.low_rank_formats} - {fmt})
+    return [fmt, *others]
 
 
 def _default_regularizer(space: ResolvedSpace) -> RegularizerSpec:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from ..config import Cost, LayerSpec, ModelSpec, RankConfig, RegularizerSpec
-from ..cost import count_cost
+from ..config import LayerSpec, ModelSpec, RankConfig, RegularizerSpec
+from ..cost import AnalyticCost, live_layers
 from ..layers import SVDConv2d, SVDLinear, low_rank_modules
 from .config import DPRPConfig
 
@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DPRPConfig",
     "current_rank_config",
-    "dense_macs",
-    "live_cost",
     "export_ranks",
     "keep_indices",
     "prune_due",
@@ -156,35 +154,14 @@ def momentum_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict
     return out
 
 
-def current_rank_config(model: nn.Module, base: RankConfig) -> RankConfig:
-    """``base`` with the ranks of ``model``'s low-rank layers as they are now, cost recomputed."""
-    layers = dict(base.layers)
-    for name, layer in low_rank_modules(model):
-        layers[name] = LayerSpec(layer.format, **layer.ranks())
+def current_rank_config(model: nn.Module, base: RankConfig, costs: AnalyticCost | None = None) -> RankConfig:
+    """``base`` with the ranks of ``model``'s low-rank layers as they are now, cost recomputed
+    analytically (``costs``: the run's :class:`~rank_search.cost.AnalyticCost`, else listed now)."""
+    costs = costs or AnalyticCost.of(base)
+    layers = {**base.layers, **live_layers(model)}
     return RankConfig(
-        base.model, base.input_size, layers, base.regularizer, live_cost(model, base), dict(base.provenance)
+        base.model, base.input_size, layers, base.regularizer, costs.of_model(model), dict(base.provenance)
     )
-
-
-def live_cost(model: nn.Module, config: RankConfig, dense: int | None = None) -> Cost:
-    """MACs and params of the live ``model`` at ``config.input_size``.
-
-    Same numbers as :meth:`RankConfig.compute_cost` without building another model. The dense
-    MACs are ``dense``, else taken from ``config.cost``, else computed.
-    """
-    report = count_cost(model, config.input_size)
-    if dense is None:
-        dense = config.cost.dense_macs if config.cost is not None else dense_macs(config)
-    return Cost(report.macs, report.params, dense)
-
-
-def dense_macs(config: RankConfig) -> int:
-    """MACs of ``config``'s model with every layer dense, at its input size."""
-    from ..convert import list_factorizable
-    from ..models import create_model
-
-    model = create_model(config.model.name, num_classes=config.model.num_classes)
-    return sum(info.dense_macs for info in list_factorizable(model, config.input_size))
 
 
 def export_ranks(result: TrainResult) -> RankConfig:
@@ -215,15 +192,14 @@ def svd_everywhere(
     group conventions for CIFAR and ImageNet ResNets. The orthogonality regularizer is ``none``
     (DPRP's structure loss keeps U and V orthonormal).
     """
-    from ..convert import list_factorizable
-    from ..models import create_model, default_input_size
+    from ..convert import layer_infos
+    from ..models import default_input_size
 
     size = input_size or default_input_size(model_name)
-    infos = list_factorizable(create_model(model_name, num_classes=num_classes), size)
-    convs = [info for info in infos if info.kind == "conv"]
+    by_name = layer_infos(model_name, num_classes, size)
+    convs = [info for info in by_name.values() if info.kind == "conv"]
     if names is None:
         names = [i.name for i in convs[1:] if i.allows("svd") and i.kernel_size != (1, 1)]
-    by_name = {info.name: info for info in infos}
     layers = {}
     for name in names:
         full = by_name[name].full_ranks["svd"]["rank"]

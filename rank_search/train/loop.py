@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LayerSpec, RankConfig, rank_config_from_dict
+from ..cost import AnalyticCost
 from ..errors import ConfigError, DataError
 from ..layers import SVDConv2d, SVDLinear, low_rank_modules
 from . import dprp as dprp_mod
@@ -142,8 +143,7 @@ def match_dataset(config: RankConfig, data: Dataset) -> RankConfig:
     """``config`` checked against the dataset: classes must match; the dataset's image size wins."""
     if config.model.num_classes != data.num_classes:
         raise ConfigError(
-            f"the config has {config.model.num_classes} classes but dataset '{data.name}' has "
-            f"{data.num_classes}",
+            f"the config has {config.model.classes_text()} but dataset '{data.name}' has {data.num_classes}",
             key="model.num_classes",
         )
     size = tuple(data.input_size)
@@ -280,7 +280,8 @@ class _Trainer:
         if self.steps_per_epoch == 0:
             raise DataError(f"dataset '{data.name}' has an empty train split")
         self.check_every = 8 if self.cuda else 1
-        self.dense_macs = dprp_mod.dense_macs(config)
+        self.costs = AnalyticCost.of(config)  # the layers, listed once: costs below are analytic
+        self.dense_macs = self.costs.dense_macs
         self.bar = ProgressBar(train.epochs, self.steps_per_epoch, enabled=progress)
         self.state = self._build(config)
 
@@ -299,7 +300,7 @@ class _Trainer:
         optimizer = build_optimizer(model, train, self.device, tensor_lr=self.speedup == "cudagraphs")
         warmup = round(train.warmup_epochs * self.steps_per_epoch)
         scheduler = WarmupCosine(optimizer, train.lr, warmup, train.epochs * self.steps_per_epoch)
-        config = dataclasses.replace(config, cost=dprp_mod.live_cost(model, config, self.dense_macs))
+        config = dataclasses.replace(config, cost=self.costs.of_model(model))
         state = TrainState(model, optimizer, scheduler, 0, config, train)
         self.objective = Objective(
             train.label_smoothing, self._regularizer(config, model), train.dprp, self.amp, self.device.type
@@ -378,7 +379,7 @@ class _Trainer:
         )
         dprp_mod.transfer_momentum(momentum, state.model, state.optimizer, kept)
         state.scheduler.rebind(state.optimizer)
-        state.rank_config = dprp_mod.current_rank_config(state.model, state.rank_config)
+        state.rank_config = dprp_mod.current_rank_config(state.model, state.rank_config, self.costs)
         self.step = make_step(self.speedup, state.model, state.optimizer, self.objective)
         return True
 
