@@ -379,3 +379,13 @@ def test_cli_force_with_bad_input_keeps_the_old_run(tmp_path: Path, cache_dir: P
     argv[argv.index("builtin")] = "cifar10:" + str(tmp_path / "nowhere")
     assert main(argv) == 2
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_few_steps_hint_names_a_batch_size_that_gives_enough_steps() -> None:
+    from rank_search.train.config import MIN_TRAINING_STEPS, few_steps_hint
+
+    train = TrainConfig(epochs=4, batch_size=256)
+    hint = few_steps_hint(1150, train)  # built-in digits' train split: 4 steps an epoch, 16 in all
+    assert hint is not None and "only 16 optimizer steps" in hint and "--batch-size 23" in hint
+    assert 1150 // 23 * 4 >= MIN_TRAINING_STEPS
+    assert few_steps_hint(50_000, TrainConfig(epochs=4, batch_size=256)) is None

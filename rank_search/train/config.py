@@ -168,3 +168,29 @@ def _check_number(key: str, value: Any, minimum: float) -> None:
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"expected one of {list(choices)}, got {value!r}", key=key)
+
+
+MIN_TRAINING_STEPS = 200
+"""Fewer optimizer steps than this over a whole run rarely leave chance level on a new model."""
+
+
+class FewStepsWarning(UserWarning):
+    """The run takes so few optimizer steps that the model will likely stay near chance."""
+
+
+def few_steps_hint(train_samples: int, train: TrainConfig) -> str | None:
+    """A hint when ``train`` takes fewer than :data:`MIN_TRAINING_STEPS` steps on ``train_samples``.
+
+    Small data sets (the built-in digits: 1,437 images) at the default batch of 256 give a few
+    dozen steps; the hint names the batch size that would give enough.
+    """
+    steps = max(1, train_samples // train.batch_size) * train.epochs
+    if steps >= MIN_TRAINING_STEPS:
+        return None
+    per_epoch = math.ceil(MIN_TRAINING_STEPS / train.epochs)
+    batch = max(1, train_samples // per_epoch)
+    return (
+        f"only {steps} optimizer steps ({train_samples} training images, batch {train.batch_size}, "
+        f"{train.epochs} epochs): the model will likely stay near chance; try --batch-size {batch} "
+        f"or more epochs"
+    )

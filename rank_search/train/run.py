@@ -19,6 +19,7 @@ same settings (model, ranks, data, training config except speed-only fields).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ from .._version import __version__
 from ..config import ModelSpec, RankConfig, load_rank_config, save_rank_config
 from ..errors import ConfigError
 from .checkpoint import TrainState, read_checkpoint
-from .config import TrainConfig
+from .config import FewStepsWarning, TrainConfig, few_steps_hint
 from .dprp import svd_everywhere
 from .loop import EpochStats, TrainResult, check_resume, fit, match_dataset, round_ranks
 
@@ -141,6 +142,9 @@ def run_training(job: TrainJob) -> TrainResult:
 
     resume_from = _prepare_run_dir(job)
     data = load_data(job.data_spec, job.data_options)
+    hint = few_steps_hint(data.split_size("train"), job.train)
+    if hint is not None:
+        warnings.warn(hint, FewStepsWarning, stacklevel=2)
     config = resolve_rank_config(job, data)
     meta = _data_meta(job, data)
     if resume_from is not None:
