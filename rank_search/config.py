@@ -19,6 +19,7 @@ from ._io import atomic_write_json
 from ._validate import as_int, check_keys, require
 from .errors import ConfigError
 from .layers import LOW_RANK_CONV_CLASSES
+from .models import default_num_classes, is_model
 
 FORMAT_ID = "rank-search/rank-config"
 VERSION = 1
@@ -66,15 +67,21 @@ class ModelSpec:
     file named it, or the default was taken)."""
 
     name: str
-    num_classes: int = DEFAULT_NUM_CLASSES
+    num_classes: int = 0
+    """``0`` (the default) takes the model's own: 10 for the CIFAR ResNets, 1000 for torchvision's."""
     num_classes_given: bool = field(default=True, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.num_classes == 0:
+            own = default_num_classes(self.name) if is_model(self.name) else DEFAULT_NUM_CLASSES
+            object.__setattr__(self, "num_classes", own)
 
     def classes_text(self) -> str:
         """``"100 classes"``, or for a file without ``model.num_classes`` a text saying the
         default was taken."""
         if self.num_classes_given:
             return f"{self.num_classes} classes"
-        return f"no model.num_classes (so the default {self.num_classes})"
+        return f"no model.num_classes (so the model's own {self.num_classes})"
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ def _parse_model(data: Any) -> ModelSpec:
     if not isinstance(name, str):
         raise ConfigError(f"expected a string, got {name!r}", key="model.name")
     if "num_classes" not in data:
-        return ModelSpec(name, DEFAULT_NUM_CLASSES, num_classes_given=False)
+        return ModelSpec(name, num_classes_given=False)
     return ModelSpec(name, as_int(data["num_classes"], "model.num_classes", 1))
 
 

@@ -167,7 +167,7 @@ def test_uniform_sample_stays_uniform_when_tucker2_cannot_meet_the_budget() -> N
     from rank_search.search.space import load_space
 
     size = (3, 32, 32)
-    infos = list_factorizable(create_model("mobilenet_v2"), size)
+    infos = list_factorizable(create_model("mobilenet_v2", num_classes=10), size)
     spaces = Path(__file__).resolve().parents[1] / "spaces"
     res = resolve_space(load_space(spaces / "mobilenet-v2.yaml"), "mobilenet_v2", infos, input_size=size)
     budget = Budget(fraction=0.5).resolve(res.dense_macs)

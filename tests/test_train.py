@@ -158,7 +158,7 @@ def test_config_matched_to_dataset(tiny: Dataset) -> None:
     with pytest.raises(ConfigError, match=r"model\.num_classes"):
         match_dataset(wrong, tiny)
     unnamed = dataclasses.replace(wrong, model=dataclasses.replace(wrong.model, num_classes_given=False))
-    with pytest.raises(ConfigError, match=r"has no model\.num_classes \(so the default 7\)"):
+    with pytest.raises(ConfigError, match=r"has no model\.num_classes \(so the model's own 7\)"):
         match_dataset(unnamed, tiny)
 
 
