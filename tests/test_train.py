@@ -387,5 +387,5 @@ def test_few_steps_hint_names_a_batch_size_that_gives_enough_steps() -> None:
     train = TrainConfig(epochs=4, batch_size=256)
     hint = few_steps_hint(1150, train)  # built-in digits' train split: 4 steps an epoch, 16 in all
     assert hint is not None and "only 16 optimizer steps" in hint and "--batch-size 23" in hint
-    assert 1150 // 23 * 4 >= MIN_TRAINING_STEPS
+    assert MIN_TRAINING_STEPS <= 1150 // 23 * 4
     assert few_steps_hint(50_000, TrainConfig(epochs=4, batch_size=256)) is None
