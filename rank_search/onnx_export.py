@@ -36,7 +36,15 @@ from ._io import atomic_write
 from ._version import __version__
 from .errors import RankSearchError
 
-__all__ = ["FORM_POLICIES", "ExportResult", "export_model", "load_source"]
+__all__ = [
+    "FORM_POLICIES",
+    "ExportResult",
+    "FormReport",
+    "export_model",
+    "fastest_form",
+    "load_source",
+    "read_metadata",
+]
 
 FORM_POLICIES = ("auto", "factorized", "dense")
 METADATA_KEY = "rank_search"
@@ -96,28 +104,44 @@ def _uniform(exported: nn.Module, form: str) -> nn.Module:
     return apply_forms(copy.deepcopy(exported), dict.fromkeys(low_rank_modules(exported), form))
 
 
-def _auto_forms(
-    exported: nn.Module, example: torch.Tensor, threads: int, timing: dict[str, Any], result: ExportResult
-) -> nn.Module:
-    """Per-layer fastest forms, then the fastest of that model, all-dense and all-factorized."""
+@dataclass
+class FormReport:
+    """How :func:`fastest_form` chose: per layer its form and timings, and the whole-model timings."""
+
+    chosen: str  # "per-layer", "all dense" or "all factorized"
+    forms: dict[str, dict[str, Any]]
+    model_ms: dict[str, float]
+
+
+def fastest_form(
+    exported: nn.Module, example: torch.Tensor, *, threads: int = 1, **timing: Any
+) -> tuple[nn.Module, FormReport]:
+    """``exported`` (an inference export, see :func:`~rank_search.inference.export_for_inference`)
+    with each low-rank layer in its fastest form in ONNX Runtime on ``example``'s shape.
+
+    Per-layer fastest forms are chosen (:func:`~rank_search.latency._forms.choose_forms`), then
+    that model, all layers merged to dense and all factorized are timed whole, interleaved, and
+    the fastest is returned (ties go to the per-layer choice). ``exported`` is not modified.
+    """
     from .inference import apply_forms
     from .latency._forms import choose_forms
 
     choices = choose_forms(exported, example, runtime="onnxruntime", threads=threads, **timing)
-    result.forms = {name: c.to_dict() for name, c in choices.items()}
+    forms = {name: c.to_dict() for name, c in choices.items()}
+    if not choices:
+        return exported, FormReport("per-layer", forms, {})
     candidates = {
         "per-layer": apply_forms(copy.deepcopy(exported), {n: c.form for n, c in choices.items()}),
         "all dense": _uniform(exported, "dense"),
         "all factorized": exported,
     }
-    result.model_ms = _time_models(candidates, example, threads, timing)
-    # ties go to the per-layer choice (listed first)
-    result.chosen = min(result.model_ms, key=lambda k: result.model_ms[k])
-    if result.chosen != "per-layer":
-        form = "dense" if result.chosen == "all dense" else "factorized"
-        for record in result.forms.values():
+    model_ms = _time_models(candidates, example, threads, timing)
+    chosen = min(model_ms, key=lambda k: model_ms[k])
+    if chosen != "per-layer":
+        form = "dense" if chosen == "all dense" else "factorized"
+        for record in forms.values():
             record["form"] = form
-    return candidates[result.chosen]
+    return candidates[chosen], FormReport(chosen, forms, model_ms)
 
 
 def _time_models(
@@ -189,7 +213,8 @@ def export_model(
         exported = export_for_inference(model, channels_last=False, input_size=size)
         example = torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed))
         if forms == "auto":
-            final = _auto_forms(exported, example, threads, timing, result)
+            final, report = fastest_form(exported, example, threads=threads, **timing)
+            result.chosen, result.forms, result.model_ms = report.chosen, report.forms, report.model_ms
         else:
             final = _uniform(exported, forms)
             result.chosen = f"all {forms}"

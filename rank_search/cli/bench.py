@@ -70,6 +70,12 @@ def _device_args(p: argparse.ArgumentParser) -> None:
         help="batch sizes (default 1 and 32 on CPU, 1 and 1024 on CUDA)",
     )
     p.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's default)")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="torch (eager) or onnxruntime (CPU; needs pip install 'rank-search[onnx]')",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
 
@@ -104,6 +110,7 @@ def run_bench(args: argparse.Namespace) -> int:
         compile=args.compile,
         cuda_graph=args.cuda_graph,
         min_sample_ms=args.min_sample_ms,
+        runtime=args.runtime,
     )
     result = bench_config(config, options, source=str(args.config))
     if args.output:
@@ -121,7 +128,8 @@ def format_bench(data: dict[str, Any]) -> str:
     """The bench JSON as a header and one table row per batch size."""
     dev, macs = data["device"], data["macs"]
     head = (
-        f"{data['model']} on {dev['type']} ({dev['name']}, {dev['threads']} threads, torch {dev['torch']}, "
+        f"{data['model']} in {data['runtime']} on {dev['type']} ({dev['name']}, {dev['threads']} threads, "
+        f"torch {dev['torch']}, "
         f"{data['settings']['dtype']}); MACs dense {human(macs['dense'])}, "
         f"low-rank {human(macs['low_rank'])} (mac_ratio {data['mac_ratio']:.2f}x)"
     )
