@@ -293,3 +293,39 @@ def test_layers_with_equal_shapes_share_entries(tmp_path: Path) -> None:
     count = table.measurements
     assert table.layer_ms(infos["layer1.2.conv2"], "tucker2", spec.ranks(), 1) == a
     assert table.measurements == count
+
+
+def test_onnxruntime_layer_timing_records_every_form() -> None:
+    pytest.importorskip("onnxruntime")
+    from rank_search.inference import FORMS
+    from rank_search.latency import measure_layer_latency
+
+    info = _infos()["layer3.0.conv2"]
+    timing = measure_layer_latency(
+        info, "tucker2", {"rank_in": 16, "rank_out": 16}, 1, repeats=2, warmup=0, min_sample_ms=0.0,
+        runtime="onnxruntime",
+    )  # fmt: skip
+    assert timing.runtime == "onnxruntime" and timing.forms is not None
+    assert set(timing.forms) == set(FORMS["tucker2"])
+    assert timing.low_rank == timing.forms[timing.form] == min(timing.forms.values(), key=lambda s: s.median)
+
+
+def test_onnxruntime_table_has_its_own_key(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    torch_table = _table(tmp_path)
+    ort_table = _table(tmp_path, runtime="onnxruntime")
+    assert ort_table.key != torch_table.key and "ort" in ort_table.key and not ort_table.channels_last
+    with pytest.raises(RankSearchError, match="float32"):
+        _table(tmp_path, runtime="onnxruntime", dtype=torch.bfloat16)
+    with pytest.raises(RankSearchError, match="unknown runtime"):
+        _table(tmp_path, runtime="tflite")
+
+
+def test_layer_speed_onnxruntime_explains_the_export_form(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    args = ["layer-speed", "resnet20", "--runtime", "onnxruntime", "--input-size", "3", "8", "8"]
+    args += ["--batch-size", "1", "--ratios", "0.5", "--repeats", "1", "--min-sample-ms", "0"]
+    args += ["--threads", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "export form" in out and "factorized=" in out and "dense=" in out

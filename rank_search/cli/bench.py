@@ -186,6 +186,7 @@ def run_latency_table(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         cache_dir=args.cache_dir,
         settings=TimingSettings(args.repeats, args.warmup, args.min_sample_ms),
+        runtime=args.runtime,
     )
     sizes = _batch_sizes(args)
     if args.target.endswith(".json") or Path(args.target).is_file():
@@ -242,24 +243,35 @@ def run_layer_speed(args: argparse.Namespace) -> int:
             threads=args.threads,
             dtype=resolve_dtype(args.dtype),
             channels_last=args.channels_last,
+            runtime=args.runtime,
         )
         report[batch_size] = advice
     if args.json:
         print(json.dumps({str(b): [a.to_dict() for a in adv] for b, adv in report.items()}, indent=2))
         return 0
+    ort = args.runtime == "onnxruntime"
     for batch_size, advice in report.items():
-        rows = [
-            (
+        rows = []
+        for a in advice:
+            row: list[object] = [
                 a.name,
                 round(a.dense_ms, 4),
                 _ranks_text(a),
                 round(a.best.speedup, 2) if a.best else "-",
-                "yes" if a.pays else "NO",
+            ]
+            if ort:
+                row += [a.best.form if a.best else "-", _forms_text(a)]
+            rows.append([*row, "yes" if a.pays else "NO"])
+        print(f"\nbatch {batch_size}, {args.runtime}, {args.format}, rank ratios {args.ratios}:\n")
+        headers = ["layer", "dense ms", "fastest ranks", "best speedup"]
+        headers += ["export form", "form ms (fastest ranks)"] if ort else []
+        print(format_table([*headers, "pays"], rows))
+        if ort:
+            print(
+                "\nexport form: what `rank-search export-model` would ship for the fastest ranks "
+                "(factorized, merge_first/merge_last: one 1x1 factor merged into the kxk core, "
+                "dense: merged back; all exact), the fastest in ONNX Runtime between context convs"
             )
-            for a in advice
-        ]
-        print(f"\nbatch {batch_size}, {args.format}, rank ratios {args.ratios}:\n")
-        print(format_table(["layer", "dense ms", "fastest ranks", "best speedup", "pays"], rows))
         never = [a.name for a in advice if not a.pays]
         if never:
             print(
@@ -267,6 +279,12 @@ def run_layer_speed(args: argparse.Namespace) -> int:
                 f"{', '.join(never)}; offer 'dense' for them in the search space"
             )
     return 0
+
+
+def _forms_text(advice: Any) -> str:
+    best = advice.best
+    forms = best.forms if best is not None and best.forms else {}
+    return " ".join(f"{k}={v.median:.4f}" for k, v in forms.items()) or "-"
 
 
 def _ranks_text(advice: Any) -> str:

@@ -70,17 +70,24 @@ def device_name(device: torch.device) -> str:
 
 
 def device_key(
-    device: torch.device, threads: int, dtype: torch.dtype = torch.float32, channels_last: bool = True
+    device: torch.device,
+    threads: int,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    runtime: str = "torch",
 ) -> str:
-    """A file-name-safe key for one timing setting: device name, CPU threads, torch version,
-    dtype and memory format. Latencies measured under one key are never reused under another."""
+    """A file-name-safe key for one timing setting: device name, CPU threads, runtime and its
+    version (torch or ONNX Runtime), dtype and memory format. Latencies measured under one key
+    are never reused under another."""
+    from ._runtime import runtime_version
+
     parts = [device.type, device_name(device)]
     if device.type == "cpu":
         parts.append(f"{threads}t")
     parts += [
-        f"torch{torch.__version__}",
+        runtime_version(runtime),
         str(dtype).removeprefix("torch."),
-        "cl" if channels_last else "nchw",
+        "cl" if channels_last and runtime == "torch" else "nchw",
     ]
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).strip("_")
 

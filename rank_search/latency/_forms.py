@@ -24,7 +24,7 @@ from ._device import num_threads
 from ._runtime import runner
 from ._timing import Spread, summarize, time_interleaved
 
-__all__ = ["FormChoice", "choose_form", "choose_forms", "layer_inputs", "time_forms"]
+__all__ = ["FormChoice", "choose_form", "choose_forms", "in_context", "layer_inputs", "time_forms"]
 
 
 def choose_form(times_ms: Mapping[str, float]) -> str:
@@ -73,7 +73,7 @@ def time_forms(
         raise TypeError(f"not an exported low-rank layer: {type(layer).__name__}")
     forms = FORMS[fmt]
     with num_threads(threads):
-        modules = [_in_context(apply_form(layer, form), layer, x) for form in forms]
+        modules = [in_context(apply_form(layer, form), x) for form in forms]
         calls = [runner(module, x, runtime, threads) for module in modules]
         with torch.inference_mode():
             samples = time_interleaved(
@@ -82,20 +82,21 @@ def time_forms(
     return {form: summarize(s) for form, s in zip(forms, samples, strict=True)}
 
 
-def _in_context(form: nn.Module, layer: nn.Sequential, x: torch.Tensor) -> nn.Module:
-    """``form`` between a 1x1 conv before and a ReLU + 1x1 conv after (linear layers: as is).
+def in_context(module: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``module`` (a conv, or a chain of convs) between a 1x1 conv before and ReLU + 1x1 conv after.
 
     Inside a network, ONNX Runtime keeps conv activations in its blocked (NCHWc) layout from one
     conv to the next; a conv timed alone pays the layout reorders at its input and output,
     which can dwarf a small conv and favour the wrong form. The context convs take those
-    reorders (the same for every form), so forms compare as they run in the network.
+    reorders (the same for every form), so forms compare as they run in the network. Linear
+    layers and non-4D inputs are returned as they are.
     """
-    first, last = layer[0], layer[-1]
-    if x.dim() != 4 or not isinstance(first, nn.Conv2d) or not isinstance(last, nn.Conv2d):
-        return form
-    before = nn.Conv2d(first.in_channels, first.in_channels, 1)
-    after = nn.Conv2d(last.out_channels, last.out_channels, 1)
-    return nn.Sequential(before, form, nn.ReLU(), after).eval()
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if x.dim() != 4 or not convs:
+        return module
+    before = nn.Conv2d(convs[0].in_channels, convs[0].in_channels, 1)
+    after = nn.Conv2d(convs[-1].out_channels, convs[-1].out_channels, 1)
+    return nn.Sequential(before, module, nn.ReLU(), after).eval()
 
 
 def layer_inputs(exported: nn.Module, names: Sequence[str], example: torch.Tensor) -> dict[str, torch.Tensor]:
