@@ -329,3 +329,32 @@ def test_layer_speed_onnxruntime_explains_the_export_form(capsys: pytest.Capture
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "export form" in out and "factorized=" in out and "dense=" in out
+
+
+def test_default_round_to_follows_the_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rank_search.latency import _isa
+
+    monkeypatch.delenv(_isa.ENV, raising=False)
+    assert _isa.round_to_reason(frozenset({"sse2", "avx2", "avx512f"}))[0] == 16
+    assert _isa.round_to_reason(frozenset({"sse2", "avx2"}))[0] == 8
+    assert _isa.round_to_reason(frozenset({"neon"}))[0] == 1
+    monkeypatch.setenv(_isa.ENV, "4")
+    assert _isa.default_round_to() == 4
+    monkeypatch.setenv(_isa.ENV, "x")
+    with pytest.raises(RankSearchError, match=_isa.ENV):
+        _isa.default_round_to()
+
+
+def test_space_default_round_to_is_the_isa_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rank_search.search.space import parse_space
+
+    monkeypatch.setenv("RANK_SEARCH_ROUND_TO", "8")
+    data = {"models": ["resnet20"], "layers": [{"match": "layer3.*", "ratio": [0.25, 1.0]}]}
+    assert parse_space(data, "s.yaml").groups[0].round_to == 8
+    data["layers"][0]["round_to"] = 2  # type: ignore[index]
+    assert parse_space(data, "s.yaml").groups[0].round_to == 2
+
+
+def test_layers_states_the_round_to(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["layers", "resnet20"]) == 0
+    assert "round_to use multiples of 1 (set by RANK_SEARCH_ROUND_TO)" in capsys.readouterr().out
