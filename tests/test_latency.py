@@ -358,3 +358,23 @@ def test_space_default_round_to_is_the_isa_step(monkeypatch: pytest.MonkeyPatch)
 def test_layers_states_the_round_to(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["layers", "resnet20"]) == 0
     assert "round_to use multiples of 1 (set by RANK_SEARCH_ROUND_TO)" in capsys.readouterr().out
+
+
+def test_load_check_warns_when_the_machine_gets_busier(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rank_search.latency import _device
+
+    spins = iter([1.0, 2.0, 1.0, 1.1])
+    monkeypatch.setattr(_device, "spin_ms", lambda: next(spins))
+    monkeypatch.setattr(_device, "load_average", lambda: 0.0)
+    with pytest.warns(UserWarning, match="calibration spin ran 2.00x slower"), _device.load_check():
+        pass
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _device.load_check():  # 1.1x: within SPIN_SLOWDOWN, no warning
+            pass
+    monkeypatch.setattr(_device, "load_average", lambda: 99.0)
+    spins = iter([1.0, 1.0])
+    with pytest.warns(UserWarning, match="load average 99"), _device.load_check():
+        pass

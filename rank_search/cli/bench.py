@@ -97,6 +97,7 @@ def _batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
 def run_bench(args: argparse.Namespace) -> int:
     from ..bench import BenchOptions, bench_config, save_bench
     from ..config import load_rank_config
+    from ..latency._device import load_check
 
     config = load_rank_config(args.config)
     options = BenchOptions(
@@ -112,7 +113,9 @@ def run_bench(args: argparse.Namespace) -> int:
         min_sample_ms=args.min_sample_ms,
         runtime=args.runtime,
     )
-    result = bench_config(config, options, source=str(args.config))
+    options.check()  # bad options and a missing runtime fail before any timing or load warning
+    with load_check(args.device):
+        result = bench_config(config, options, source=str(args.config))
     if args.output:
         save_bench(result, args.output)
     if args.json:
@@ -176,6 +179,7 @@ def _input_size(args: argparse.Namespace, model: str) -> tuple[int, int, int]:
 
 def run_latency_table(args: argparse.Namespace) -> int:
     from ..latency import LatencyTable, TimingSettings, resolve_dtype
+    from ..latency._device import load_check
 
     if args.repeats < 1 or args.warmup < 0:
         raise RankSearchError(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
@@ -190,14 +194,16 @@ def run_latency_table(args: argparse.Namespace) -> int:
     )
     sizes = _batch_sizes(args)
     if args.target.endswith(".json") or Path(args.target).is_file():
-        return _predict_config(table, args, sizes)
+        with load_check(args.device):
+            return _predict_config(table, args, sizes)
     from ..models import create_model
 
     create_model(args.target)  # a clear error for unknown names
     size = _input_size(args, args.target)
-    for batch_size in sizes:
-        count = table.prefill(args.target, size, batch_size, args.formats, args.num_classes)
-        print(f"batch {batch_size}: measured {count} new entries")
+    with load_check(args.device):
+        for batch_size in sizes:
+            count = table.prefill(args.target, size, batch_size, args.formats, args.num_classes)
+            print(f"batch {batch_size}: measured {count} new entries")
     print(f"table {table.path}: {len(table.layers)} layer entries, {len(table.rest)} models")
     return 0
 
@@ -223,10 +229,21 @@ def _predict_config(table: Any, args: argparse.Namespace, sizes: tuple[int, ...]
 
 
 def run_layer_speed(args: argparse.Namespace) -> int:
-    from ..latency import factorization_pays, resolve_dtype
+    from ..latency._device import load_check
 
     size = _input_size(args, args.model)
     sizes = _batch_sizes(args)
+    with load_check(args.device):
+        report = _layer_speed(args, size, sizes)
+    _print_layer_speed(args, report)
+    return 0
+
+
+def _layer_speed(
+    args: argparse.Namespace, size: tuple[int, int, int], sizes: tuple[int, ...]
+) -> dict[int, Any]:
+    from ..latency import factorization_pays, resolve_dtype
+
     report = {}
     for batch_size in sizes:
         advice = factorization_pays(
@@ -246,9 +263,13 @@ def run_layer_speed(args: argparse.Namespace) -> int:
             runtime=args.runtime,
         )
         report[batch_size] = advice
+    return report
+
+
+def _print_layer_speed(args: argparse.Namespace, report: dict[int, Any]) -> None:
     if args.json:
         print(json.dumps({str(b): [a.to_dict() for a in adv] for b, adv in report.items()}, indent=2))
-        return 0
+        return
     ort = args.runtime == "onnxruntime"
     for batch_size, advice in report.items():
         rows = []
@@ -278,7 +299,6 @@ def run_layer_speed(args: argparse.Namespace) -> int:
                 f"\nadvice: factorizing never paid (>= {args.min_speedup}x) on {len(never)} layer(s): "
                 f"{', '.join(never)}; offer 'dense' for them in the search space"
             )
-    return 0
 
 
 def _forms_text(advice: Any) -> str:

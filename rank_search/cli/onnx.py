@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from pathlib import Path
 from typing import Any
 
 from ..errors import RankSearchError
@@ -27,32 +29,36 @@ def add_parsers(sub: Any) -> None:
         choices=["auto", "factorized", "dense"],
         help="auto: time each layer's equivalent forms in ONNX Runtime and keep the fastest",
     )
-    p.add_argument("--form-batch", type=int, help="batch the forms are timed at (default: the batch)")
+    p.add_argument(
+        "--form-batch", type=int, help="with --dynamic-batch: the batch the forms are timed at (default 1)"
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for timing")
     p.add_argument("--repeats", type=int, default=7, help="timed samples per form (median)")
     p.set_defaults(run=run_export_model)
 
 
 def run_export_model(args: argparse.Namespace) -> int:
-    from ..latency import warn_if_busy
-    from ..latency._device import resolve_device
+    from ..latency._device import load_check
+    from ..latency._runtime import check_runtime
     from ..onnx_export import export_model
 
     batch = args.batch_size if args.batch_size is not None else 1
     form_batch = args.form_batch if args.form_batch is not None else batch
     if batch < 1 or form_batch < 1 or args.threads < 1 or args.repeats < 1:
         raise RankSearchError("--batch-size, --form-batch, --threads and --repeats must be positive")
-    if args.forms == "auto":
-        warn_if_busy(resolve_device("cpu"))
-    result = export_model(
-        args.source,
-        args.output,
-        batch_size=form_batch if args.dynamic_batch else batch,
-        dynamic_batch=args.dynamic_batch,
-        forms=args.forms,
-        threads=args.threads,
-        repeats=args.repeats,
-    )
+    check_runtime("onnxruntime")  # a missing package or file fails before any timing or load warning
+    if not Path(args.source).exists():
+        raise RankSearchError(f"{args.source}: not found (expected a run folder or a rank-config .json)")
+    with load_check("cpu") if args.forms == "auto" else contextlib.nullcontext():
+        result = export_model(
+            args.source,
+            args.output,
+            batch_size=form_batch if args.dynamic_batch else batch,
+            dynamic_batch=args.dynamic_batch,
+            forms=args.forms,
+            threads=args.threads,
+            repeats=args.repeats,
+        )
     n = "N" if result.batch_size is None else result.batch_size
     shape = ", ".join(map(str, (n, *result.input_size)))
     print(

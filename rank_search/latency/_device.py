@@ -140,3 +140,38 @@ def warn_if_busy(device: torch.device, stacklevel: int = 3) -> None:
             "timings will be noisy (on CPU consider OMP_WAIT_POLICY=PASSIVE)",
             stacklevel=stacklevel,
         )
+
+
+SPIN_SLOWDOWN = 1.25  # a calibration spin this much slower after timing than before: warn
+
+
+def spin_ms(repeats: int = 5) -> float:
+    """Median ms of a fixed single-threaded Python loop: a probe of how much CPU this process gets."""
+    import statistics
+    import time
+
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sum(range(100_000))
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+@contextmanager
+def load_check(device: torch.device | str = "cpu", stacklevel: int = 3) -> Iterator[None]:
+    """Around a timing run: warn when the machine is loaded before it (:func:`warn_if_busy`), and
+    when a calibration spin (:func:`spin_ms`) ran :data:`SPIN_SLOWDOWN` times slower after it than
+    before (other processes took CPU time while timing: the figures are suspect)."""
+    dev = torch.device(device)
+    warn_if_busy(dev, stacklevel=stacklevel + 2)
+    before = spin_ms()
+    yield
+    after = spin_ms()
+    if after > SPIN_SLOWDOWN * before:
+        warnings.warn(
+            f"a calibration spin ran {after / before:.2f}x slower after timing than before "
+            f"({before:.2f} -> {after:.2f} ms): the machine got busier, timings are suspect; "
+            "rerun on a quiet machine",
+            stacklevel=stacklevel + 2,
+        )
