@@ -9,8 +9,9 @@
    (factorized, one side merged, merged to dense; :mod:`rank_search.latency._forms`) at its
    in-network input shape and batch, and the fastest is kept. Then the whole model is timed
    with those forms, with every layer merged to dense, and with every layer factorized
-   (interleaved), and the fastest of the three is exported: the export is never slower than
-   its dense form beyond timing noise. ``forms="factorized"`` / ``"dense"`` skip the timing;
+   (interleaved), and the fastest of the three is exported, unless it beats all-dense by less
+   than the timing noise (:func:`choose_model`): the export is never slower than its dense
+   form beyond timing noise. ``forms="factorized"`` / ``"dense"`` skip the timing;
 4. ``torch.onnx.export`` (torch.export-based exporter), input ``input`` (N, C, H, W),
    output ``logits``, a fixed batch or a dynamic batch axis; the choice per layer, its timings and
    the source are stored as JSON in the model's ``metadata_props`` (key ``rank_search``);
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +37,9 @@ from torch import nn
 from ._io import atomic_write
 from ._version import __version__
 from .errors import RankSearchError
+
+if TYPE_CHECKING:
+    from .latency._timing import Spread
 
 __all__ = [
     "FORM_POLICIES",
@@ -135,8 +140,9 @@ def fastest_form(
         "all dense": _uniform(exported, "dense"),
         "all factorized": exported,
     }
-    model_ms = _time_models(candidates, example, threads, timing)
-    chosen = min(model_ms, key=lambda k: model_ms[k])
+    spreads = _time_models(candidates, example, threads, timing)
+    model_ms = {name: spread.median for name, spread in spreads.items()}
+    chosen = choose_model(spreads)
     if chosen != "per-layer":
         form = "dense" if chosen == "all dense" else "factorized"
         for record in forms.values():
@@ -144,10 +150,22 @@ def fastest_form(
     return candidates[chosen], FormReport(chosen, forms, model_ms)
 
 
+def choose_model(spreads: Mapping[str, Spread]) -> str:
+    """The candidate to ship: the fastest median, unless it beats ``all dense`` by less than the
+    timing noise (half the sum of both interquartile ranges), then ``all dense``: never slower
+    than dense beyond noise. Ties go to the earlier candidate."""
+    fastest = min(spreads, key=lambda k: spreads[k].median)
+    dense = spreads.get("all dense")
+    if dense is None or fastest == "all dense":
+        return fastest
+    gain = dense.median - spreads[fastest].median
+    return fastest if gain > (dense.iqr + spreads[fastest].iqr) / 2 else "all dense"
+
+
 def _time_models(
     models: dict[str, nn.Module], example: torch.Tensor, threads: int, timing: dict[str, Any]
-) -> dict[str, float]:
-    """Median ms per call of each model in ONNX Runtime, interleaved."""
+) -> dict[str, Spread]:
+    """Per-call ms (median and spread) of each model in ONNX Runtime, interleaved."""
     from .latency._runtime import runner
     from .latency._timing import summarize, time_interleaved
 
@@ -160,7 +178,7 @@ def _time_models(
             warmup=int(timing.get("warmup", 3)),
             min_sample_ms=max(10.0, float(timing.get("min_sample_ms", 2.0))),
         )
-    return {name: summarize(s).median for name, s in zip(models, samples, strict=True)}
+    return {name: summarize(s) for name, s in zip(models, samples, strict=True)}
 
 
 def _with_metadata(data: bytes, metadata: dict[str, Any]) -> bytes:

@@ -119,8 +119,8 @@ def test_a_layer_faster_dense_is_exported_dense(tmp_path: Path, monkeypatch: pyt
         fastest = "dense" if inner else "factorized"
         return {f: Spread(1.0 if f == fastest else 2.0, 1.0, 2.0, 1.0, 2.0, 3) for f in FORMS["tucker2"]}
 
-    def fake_time_models(models: dict[str, nn.Module], *_: Any) -> dict[str, float]:
-        return {name: 1.0 if name == "per-layer" else 2.0 for name in models}
+    def fake_time_models(models: dict[str, nn.Module], *_: Any) -> dict[str, Spread]:
+        return {n: Spread(*(1.0 if n == "per-layer" else 2.0,) * 5, 3) for n in models}
 
     monkeypatch.setattr(forms_module, "time_forms", fake_time_forms)
     monkeypatch.setattr(onnx_export, "_time_models", fake_time_models)
@@ -138,6 +138,21 @@ def test_a_layer_faster_dense_is_exported_dense(tmp_path: Path, monkeypatch: pyt
         return sum(n.op_type == "Conv" for n in onnx.load(str(tmp_path / name)).graph.node)
 
     assert convs("factorized.onnx") - convs("auto.onnx") == 2 * len(dense)
+
+
+def test_whole_model_guard_ships_dense_unless_faster_beyond_noise() -> None:
+    from rank_search.latency._timing import Spread
+    from rank_search.onnx_export import choose_model
+
+    def spread(median: float, iqr: float) -> Spread:
+        return Spread(median, median - iqr / 2, median + iqr / 2, median - iqr, median + iqr, 5)
+
+    clear = {"per-layer": spread(1.0, 0.1), "all dense": spread(2.0, 0.1), "all factorized": spread(1.5, 0.1)}
+    assert choose_model(clear) == "per-layer"
+    noisy = {"per-layer": spread(1.8, 0.6), "all dense": spread(2.0, 0.6), "all factorized": spread(1.9, 0.1)}
+    assert choose_model(noisy) == "all dense"
+    slower = {"per-layer": spread(2.5, 0.1), "all dense": spread(2.0, 0.1)}
+    assert choose_model(slower) == "all dense"
 
 
 def test_choose_forms_measures_each_shape_once_and_records_times() -> None:
