@@ -22,7 +22,16 @@ from torch import nn
 
 from ..errors import RankSearchError
 
-__all__ = ["RUNTIMES", "check_runtime", "onnx_bytes", "ort_session", "require", "runner", "runtime_version"]
+__all__ = [
+    "RUNTIMES",
+    "check_runtime",
+    "onnx_bytes",
+    "ort_session",
+    "require",
+    "run_session",
+    "runner",
+    "runtime_version",
+]
 
 RUNTIMES = ("torch", "onnxruntime")
 EXTRA = "pip install 'rank-search[onnx]'"
@@ -131,8 +140,3 @@ def run_session(session: Any, x: torch.Tensor) -> torch.Tensor:
     """One ONNX Runtime run of ``session`` on ``x`` (CPU float32), as a tensor."""
     feed = {session.get_inputs()[0].name: x.detach().float().cpu().contiguous().numpy()}
     return torch.from_numpy(session.run(None, feed)[0])
-
-
-def threads_or_default(threads: int | None) -> int:
-    """``threads``, else torch's current intra-op thread count."""
-    return threads if threads is not None else torch.get_num_threads()
