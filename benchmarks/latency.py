@@ -13,6 +13,16 @@ table's own uniform reference model.
     python benchmarks/latency.py                      # ~2-4 min on a 2-core CPU
     python benchmarks/latency.py --config searched.json -o results.json
 
+``--runtime onnxruntime`` (issue 12) runs the ONNX Runtime goals instead, 1 thread, each config
+against its dense model side by side (``rank_search.bench`` with ``runtime="onnxruntime"``: the
+low-rank model ships with its fastest equivalent form per layer, chosen by timing at each batch):
+uniform Tucker-2 at ranks 0.5 x C for ResNet-20 (goal >= 1.35x dense at batch 1) and ResNet-56
+(>= 1.4x), torchvision ResNet-18 at 224 px, uniform Tucker-2 at 40% of the MACs (>= 2x, batch 1
+only: batch 32 at 224 px takes seconds per call on one thread), and random per-layer configs;
+every config >= 0.97x dense at batch 1 and 32.
+
+    python benchmarks/latency.py --runtime onnxruntime -o ort.json   # ~5 min on a 2-core CPU
+
 Timings are single runs on a possibly shared machine: quote ratios measured side by side.
 """
 
@@ -159,14 +169,89 @@ def _print(rows: list[dict[str, Any]]) -> None:
         print(text)
 
 
+ORT_REPEATS = 11
+NEVER_SLOWER = 0.97
+
+
+def ort_goal_configs(seeds: int = 2) -> list[tuple[str, RankConfig, float, tuple[int, ...]]]:
+    """``(label, config, speedup goal at batch 1, batch sizes)`` for the ONNX Runtime goals."""
+    goals: list[tuple[str, RankConfig, float, tuple[int, ...]]] = []
+    for model, goal in (("resnet20", 1.35), ("resnet56", 1.4)):
+        names = _block_convs(list_factorizable(create_model(model), (3, 32, 32)))
+        config = uniform_config(model, 10, (3, 32, 32), 0.5, names, "tucker2").with_cost()
+        goals.append((f"{model} tucker2 ranks 0.5xC", config, goal, CPU_BATCHES))
+        for seed in range(seeds if model == "resnet20" else 1):
+            mixed = random_mixed_config(model, seed)
+            goals.append((f"{model} random mixed (seed {seed})", mixed, 0.0, CPU_BATCHES))
+    size = (3, 224, 224)
+    infos = list_factorizable(create_model("resnet18", num_classes=1000), size)
+    names = _block_convs(infos)
+    budget = 0.4 * sum(i.dense_macs for i in infos)
+    lo, _ = uniform_ratio_bounds("resnet18", 1000, size, names, budget, "tucker2", 30)
+    config = uniform_config("resnet18", 1000, size, lo, names, "tucker2").with_cost()
+    goals.append(("resnet18 224px tucker2 @40% MACs", config, 2.0, (1,)))
+    return goals
+
+
+def run_onnxruntime(seeds: int, threads: int = 1) -> list[dict[str, Any]]:
+    """Bench every goal config in ONNX Runtime against its dense model; one row per batch."""
+    rows = []
+    for label, config, goal, batches in ort_goal_configs(seeds):
+        options = BenchOptions(
+            device="cpu", batch_sizes=batches, repeats=ORT_REPEATS, warmup=WARMUP, threads=threads,
+            runtime="onnxruntime",
+        )  # fmt: skip
+        result = bench_config(config, options, source=label).to_dict()
+        assert config.cost is not None
+        for batch in result["results"]:
+            need = max(goal, NEVER_SLOWER) if batch["batch_size"] == 1 else NEVER_SLOWER
+            forms = batch["forms"]
+            counts: dict[str, int] = {}
+            for record in forms["forms"].values():
+                counts[record["form"]] = counts.get(record["form"], 0) + 1
+            rows.append({
+                "config": label, "batch_size": batch["batch_size"], "dense_ms": batch["dense_ms"],
+                "low_rank_ms": batch["low_rank_ms"], "speedup": batch["speedup"],
+                "mac_fraction": config.cost.macs / config.cost.dense_macs, "goal": need,
+                "met": batch["speedup"] >= need, "chosen": forms["chosen"], "forms": counts,
+                "dense_iqr": [batch["dense_spread"]["q1"], batch["dense_spread"]["q3"]],
+                "low_rank_iqr": [batch["low_rank_spread"]["q1"], batch["low_rank_spread"]["q3"]],
+                "load_average": result["device"]["load_average"],
+            })  # fmt: skip
+            print(f"  done: {label} batch {batch['batch_size']}", file=sys.stderr)
+    return rows
+
+
+def _print_ort(rows: list[dict[str, Any]]) -> None:
+    print("config | batch | MACs | dense ms [IQR] | low-rank ms [IQR] | speedup | goal | met | forms | load")
+    for r in rows:
+        forms = ", ".join(f"{k} {v}" for k, v in sorted(r["forms"].items()))
+        print(
+            f"{r['config']} | {r['batch_size']} | {r['mac_fraction']:.0%} | {r['dense_ms']:.3f} "
+            f"[{r['dense_iqr'][0]:.3f}-{r['dense_iqr'][1]:.3f}] | {r['low_rank_ms']:.3f} "
+            f"[{r['low_rank_iqr'][0]:.3f}-{r['low_rank_iqr'][1]:.3f}] | {r['speedup']:.2f}x | "
+            f">= {r['goal']:.2f}x | {'yes' if r['met'] else 'NO'} | {r['chosen']}: {forms} | "
+            f"{r['load_average']}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"])
+    parser.add_argument("--seeds", type=int, default=2, help="onnxruntime: random resnet20 configs")
     parser.add_argument("--config", action="append", default=[], help="also bench this rank-config JSON")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--cache-dir", help="latency table folder (default: a fresh temporary one)")
     parser.add_argument("--threads", type=int, default=CPU_THREADS, help="CPU threads")
     parser.add_argument("-o", "--output", help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    if args.runtime == "onnxruntime":
+        torch.set_num_threads(1)
+        ort_rows = run_onnxruntime(args.seeds)
+        _print_ort(ort_rows)
+        if args.output:
+            Path(args.output).write_text(json.dumps(ort_rows, indent=2) + "\n")
+        return 0
     configs = {}
     for model in args.models:
         config = uniform_tucker2_at(model)

@@ -7,6 +7,15 @@ times come from ``time.perf_counter``; CUDA times from ``torch.cuda.Event`` with
 ``speedup`` is ``dense_ms / low_rank_ms``; ``mac_ratio`` is ``dense MACs / low-rank MACs``
 (conv + linear MACs, :mod:`rank_search.cost`). A speedup below the MAC ratio is the norm:
 fewer MACs are not proportionally less time.
+
+``runtime``: ``torch`` (eager, as above) or ``onnxruntime`` (CPU, float32): both models are
+converted to ONNX and run in ONNX Runtime (``ORT_ENABLE_ALL``, ``threads`` intra-op threads); the
+low-rank model ships as ``rank-search export-model`` writes it, each low-rank layer in its fastest
+equivalent form, chosen by timing at each batch size (:func:`rank_search.onnx_export.fastest_form`).
+
+The JSON has the first batch size's figures at the top level (``batch_size``, ``dense_ms``,
+``lowrank_ms``, ``speedup``, with ``mac_ratio``, ``runtime`` and ``threads``) and every batch
+size under ``results``.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ from .errors import RankSearchError
 from .inference import export_for_inference
 from .latency import (
     Spread,
+    check_runtime,
     device_name,
     load_average,
     num_threads,
@@ -37,6 +47,7 @@ from .latency import (
     time_interleaved,
     warn_if_busy,
 )
+from .latency._runtime import runner
 
 __all__ = ["BenchOptions", "BenchResult", "BenchRow", "bench_config", "default_batch_sizes", "save_bench"]
 
@@ -64,6 +75,7 @@ class BenchOptions:
     compile: bool | str = False
     cuda_graph: bool = False
     min_sample_ms: float = 20.0
+    runtime: str = "torch"
 
     def check(self) -> None:
         """Raise :class:`RankSearchError` for values that cannot be benched."""
@@ -81,6 +93,10 @@ class BenchOptions:
         if self.compile and self.cuda_graph:
             raise RankSearchError("use either compile (mode reduce-overhead uses CUDA graphs) or cuda_graph")
         resolve_dtype(self.dtype)
+        if self.runtime != "torch":
+            check_runtime(self.runtime, self.device.split(":")[0])
+            if self.dtype != "float32" or self.compile or self.cuda_graph:
+                raise RankSearchError(f"runtime {self.runtime} runs float32 without compile or CUDA graphs")
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,7 @@ class BenchRow:
     dense: Spread
     low_rank: Spread
     mac_ratio: float
+    forms: dict[str, Any] | None = None  # onnxruntime: how the low-rank layers' forms were chosen
 
     @property
     def speedup(self) -> float:
@@ -109,6 +126,7 @@ class BenchRow:
             "speedup_of_mac_ratio": self.speedup / self.mac_ratio,
             "dense_images_per_s": self.batch_size / (self.dense.median * ms_to_s),
             "low_rank_images_per_s": self.batch_size / (self.low_rank.median * ms_to_s),
+            **({"forms": self.forms} if self.forms is not None else {}),
         }
 
 
@@ -131,10 +149,17 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         o = self.options
+        first = self.rows[0] if self.rows else None
         return {
             "format": FORMAT_ID,
             "version": VERSION,
             "source": self.source,
+            "runtime": o.runtime,
+            "threads": self.device.get("threads"),
+            "batch_size": first.batch_size if first else None,
+            "dense_ms": first.dense.median if first else None,
+            "lowrank_ms": first.low_rank.median if first else None,
+            "speedup": first.speedup if first else None,
             "model": self.model,
             "input_size": list(self.input_size),
             "device": self.device,
@@ -180,16 +205,23 @@ def _export(model: nn.Module, config: RankConfig, options: BenchOptions, device:
 
 def _input(batch_size: int, config: RankConfig, options: BenchOptions, device: torch.device) -> torch.Tensor:
     x = torch.randn(batch_size, *config.input_size, device=device, dtype=resolve_dtype(options.dtype))
-    return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
+    ort = options.runtime == "onnxruntime"
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last and not ort else x
 
 
 def _time_pair(
-    dense: nn.Module, low: nn.Module, x: torch.Tensor, options: BenchOptions, device: torch.device
+    dense: nn.Module,
+    low: nn.Module,
+    x: torch.Tensor,
+    options: BenchOptions,
+    device: torch.device,
+    threads: int,
 ) -> tuple[list[float], list[float]]:
-    """Interleaved per-batch milliseconds of ``dense(x)`` and ``low(x)``."""
+    """Interleaved per-batch milliseconds of ``dense(x)`` and ``low(x)`` in the options' runtime."""
+    calls = [runner(dense, x, options.runtime, threads), runner(low, x, options.runtime, threads)]
     with torch.inference_mode():
         d, lr = time_interleaved(
-            [lambda: dense(x), lambda: low(x)],
+            calls,
             device,
             repeats=options.repeats,
             warmup=options.warmup,
@@ -221,12 +253,27 @@ def bench_config(
         dense = create_model(config.model.name, num_classes=config.model.num_classes, seed=0)
         params = {"dense": count_params(dense), "low_rank": count_params(low)}
         mac_ratio = cost.dense_macs / cost.macs
+        if options.runtime == "onnxruntime":
+            options = replace(options, channels_last=False)
         dense_x, low_x = _export(dense, config, options, device), _export(low, config, options, device)
         rows = []
         for batch_size in sizes:
             x = _input(batch_size, config, options, device)
-            d, lr = _time_pair(dense_x, low_x, x, options, device)
-            rows.append(BenchRow(batch_size, summarize(d), summarize(lr), mac_ratio))
+            low_form, forms = low_x, None
+            if options.runtime == "onnxruntime":
+                from .onnx_export import fastest_form
+
+                low_form, report = fastest_form(
+                    low_x,
+                    x,
+                    threads=used_threads,
+                    repeats=options.repeats,
+                    warmup=options.warmup,
+                    min_sample_ms=min(options.min_sample_ms, 2.0),
+                )
+                forms = asdict(report)
+            d, lr = _time_pair(dense_x, low_form, x, options, device, used_threads)
+            rows.append(BenchRow(batch_size, summarize(d), summarize(lr), mac_ratio, forms))
     info = {
         "type": device.type,
         "name": device_name(device),

@@ -40,15 +40,22 @@ from .errors import RankSearchError
 from .layers import LowRankLayer, SVDConv2d, SVDLinear, Tucker2Conv2d
 
 __all__ = [
+    "FORMS",
     "CUDAGraphModule",
     "Equivalence",
+    "apply_form",
+    "apply_forms",
     "check_equivalence",
     "export_for_inference",
     "find_conv_bn_pairs",
     "fold_bn_into_conv",
+    "layer_format",
+    "low_rank_modules",
+    "plain_low_rank",
 ]
 
-ConvLike = (nn.Conv2d, Tucker2Conv2d, SVDConv2d)
+# module types whose output a BatchNorm can be folded into (a dense conv or a low-rank conv)
+BN_FOLDABLE_CONVS = (nn.Conv2d, Tucker2Conv2d, SVDConv2d)
 
 
 # --------------------------------------------------------------------------- public API
@@ -174,6 +181,152 @@ def _output_conv(module: nn.Module) -> nn.Conv2d:
     return module
 
 
+# --------------------------------------------------------------------------- equivalent forms
+
+# Equivalent forms of an exported low-rank layer (the output of :func:`plain_low_rank`), per format:
+# ``factorized`` keeps every factor; ``merge_first`` merges Tucker-2's 1x1 ``first`` into ``core``
+# (C_in -> r_out kxk, then ``last``); ``merge_last`` merges ``last`` into ``core`` (``first``, then
+# r_in -> C_out kxk); ``dense`` merges everything into one conv/linear. All are exact up to
+# floating-point rounding (merged in float64): ``first`` has no bias and is 1x1 with stride 1 and no
+# padding, so it commutes with ``core``'s zero padding, and a 1x1 ``last`` is a linear map of
+# ``core``'s output channels (its bias and ``core``'s, if any, become one bias).
+FORMS: dict[str, tuple[str, ...]] = {
+    "tucker2": ("factorized", "merge_first", "merge_last", "dense"),
+    "svd": ("factorized", "dense"),
+}
+
+
+def _matrix(layer: nn.Conv2d | nn.Linear) -> Tensor:
+    """A 1x1 conv's or a linear layer's weight as an (out x in) float64 matrix."""
+    return layer.weight.detach().double().flatten(1)
+
+
+def _conv_like(template: nn.Conv2d, in_channels: int, out_channels: int, bias: bool) -> nn.Conv2d:
+    """A conv with ``template``'s kernel, stride, padding and dilation and new channel counts."""
+    weight = template.weight
+    return nn.Conv2d(
+        in_channels,
+        out_channels,
+        template.kernel_size,  # type: ignore[arg-type]
+        template.stride,  # type: ignore[arg-type]
+        template.padding,  # type: ignore[arg-type]
+        template.dilation,  # type: ignore[arg-type]
+        padding_mode=template.padding_mode,
+        bias=bias,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+
+
+def _merge_in(inner: nn.Conv2d, conv: nn.Conv2d) -> nn.Conv2d:
+    """One conv computing ``conv(inner(x))`` for a bias-free 1x1 ``inner`` (stride 1, no padding)."""
+    if inner.bias is not None or inner.kernel_size != (1, 1) or inner.stride != (1, 1) or inner.groups != 1:
+        raise ValueError("can only merge a bias-free 1x1 stride-1 conv into the next conv")
+    if conv.groups != 1 or conv.padding_mode != "zeros":
+        raise ValueError("can only merge into an ungrouped zero-padded conv")
+    merged = _conv_like(conv, inner.in_channels, conv.out_channels, conv.bias is not None)
+    weight = torch.einsum("rskl,si->rikl", conv.weight.detach().double(), _matrix(inner))
+    with torch.no_grad():
+        merged.weight.copy_(weight.to(merged.weight.dtype))
+        if conv.bias is not None and merged.bias is not None:
+            merged.bias.copy_(conv.bias.detach())
+    return merged
+
+
+def _merge_out(conv: nn.Conv2d, outer: nn.Conv2d) -> nn.Conv2d:
+    """One conv computing ``outer(conv(x))`` for a 1x1 ``outer`` (stride 1, no padding, ungrouped)."""
+    if outer.kernel_size != (1, 1) or outer.stride != (1, 1) or outer.groups != 1 or outer.padding != (0, 0):
+        raise ValueError("can only merge a 1x1 stride-1 unpadded conv into the previous conv")
+    if conv.groups != 1:
+        raise ValueError("can only merge into an ungrouped conv")
+    has_bias = conv.bias is not None or outer.bias is not None
+    merged = _conv_like(conv, conv.in_channels, outer.out_channels, has_bias)
+    w_out = _matrix(outer)
+    weight = torch.einsum("or,rskl->oskl", w_out, conv.weight.detach().double())
+    with torch.no_grad():
+        merged.weight.copy_(weight.to(merged.weight.dtype))
+        if merged.bias is not None:
+            bias = torch.zeros(outer.out_channels, dtype=torch.float64, device=w_out.device)
+            if conv.bias is not None:
+                bias = bias + w_out @ conv.bias.detach().double()
+            if outer.bias is not None:
+                bias = bias + outer.bias.detach().double()
+            merged.bias.copy_(bias.to(merged.bias.dtype))
+    return merged
+
+
+def _merge_linear(v: nn.Linear, u: nn.Linear) -> nn.Linear:
+    """One linear layer computing ``u(v(x))``."""
+    has_bias = v.bias is not None or u.bias is not None
+    weight = u.weight
+    merged = nn.Linear(v.in_features, u.out_features, bias=has_bias, device=weight.device, dtype=weight.dtype)
+    w_u = _matrix(u)
+    with torch.no_grad():
+        merged.weight.copy_((w_u @ _matrix(v)).to(weight.dtype))
+        if merged.bias is not None:
+            bias = torch.zeros(u.out_features, dtype=torch.float64, device=weight.device)
+            if v.bias is not None:
+                bias = bias + w_u @ v.bias.detach().double()
+            if u.bias is not None:
+                bias = bias + u.bias.detach().double()
+            merged.bias.copy_(bias.to(weight.dtype))
+    return merged
+
+
+def layer_format(module: nn.Module) -> str | None:
+    """``"tucker2"`` / ``"svd"`` for an exported low-rank layer (a :func:`plain_low_rank` result)."""
+    if isinstance(module, nn.Sequential):
+        names = tuple(name for name, _ in module.named_children())
+        if names == ("first", "core", "last"):
+            return "tucker2"
+        if names == ("v", "u"):
+            return "svd"
+    return None
+
+
+def apply_form(module: nn.Sequential, form: str) -> nn.Module:
+    """An exported low-rank layer (see :func:`plain_low_rank`) in ``form`` (one of :data:`FORMS`).
+
+    ``module`` is not modified; ``factorized`` returns it as is. The result computes the same
+    function (merging runs in float64, then casts to the weights' dtype).
+    """
+    fmt = layer_format(module)
+    if fmt is None:
+        raise TypeError(f"not an exported low-rank layer: {type(module).__name__}")
+    if form not in FORMS[fmt]:
+        raise ValueError(f"unknown form {form!r} for {fmt}; expected one of {list(FORMS[fmt])}")
+    if form == "factorized":
+        return module
+    if fmt == "svd":
+        v, u = module.v, module.u
+        if isinstance(v, nn.Linear) and isinstance(u, nn.Linear):
+            return _merge_linear(v, u)
+        assert isinstance(v, nn.Conv2d) and isinstance(u, nn.Conv2d)
+        return _merge_out(v, u)
+    first, core, last = module.first, module.core, module.last
+    assert isinstance(first, nn.Conv2d) and isinstance(core, nn.Conv2d) and isinstance(last, nn.Conv2d)
+    if form == "merge_first":
+        return nn.Sequential(OrderedDict(core=_merge_in(first, core), last=last))
+    if form == "merge_last":
+        return nn.Sequential(OrderedDict(first=first, core=_merge_out(core, last)))
+    return _merge_out(_merge_in(first, core), last)
+
+
+def low_rank_modules(exported: nn.Module) -> dict[str, str]:
+    """``{name: format}`` of the exported low-rank layers in ``exported`` (see :func:`layer_format`)."""
+    return {name: fmt for name, m in exported.named_modules() if (fmt := layer_format(m)) is not None}
+
+
+def apply_forms(exported: nn.Module, forms: dict[str, str]) -> nn.Module:
+    """Replace each named exported low-rank layer of ``exported`` by its ``forms[name]`` form, in place."""
+    for name, form in forms.items():
+        module = exported.get_submodule(name)
+        if not isinstance(module, nn.Sequential):
+            raise TypeError(f"{name} is not an exported low-rank layer")
+        exported.set_submodule(name, apply_form(module, form))
+    return exported
+
+
 # --------------------------------------------------------------------------- BatchNorm folding
 
 
@@ -205,7 +358,7 @@ def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.Module) -> None:
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
     """``bn`` is an eval-foldable BatchNorm2d over ``conv``'s output channels."""
     return (
-        isinstance(conv, ConvLike)
+        isinstance(conv, BN_FOLDABLE_CONVS)
         and isinstance(bn, nn.BatchNorm2d)
         and bn.running_mean is not None
         and bn.running_var is not None
@@ -285,7 +438,7 @@ def _pairs_by_hooks(model: nn.Module, input_size: Sequence[int]) -> list[tuple[s
 
     low_rank = [n for n, m in modules.items() if isinstance(m, LowRankLayer)]
     for name, module in modules.items():
-        if isinstance(module, ConvLike) and not any(name.startswith(n + ".") for n in low_rank):
+        if isinstance(module, BN_FOLDABLE_CONVS) and not any(name.startswith(n + ".") for n in low_rank):
             handles.append(module.register_forward_hook(on_conv(name)))
         elif isinstance(module, nn.BatchNorm2d):
             handles.append(module.register_forward_pre_hook(on_bn(name)))

@@ -163,3 +163,38 @@ def test_bench_on_cuda_with_graphs() -> None:
         assert data["device"]["type"] == "cuda"
         for row in data["results"]:
             _check_row(row, data["mac_ratio"])
+
+
+def test_bench_onnxruntime_json_keys(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    args = ["bench", str(_write_config(tmp_path)), "--runtime", "onnxruntime", "--device", "cpu"]
+    args += ["--batch-size", "2", "--threads", "1", "--repeats", "2", "--warmup", "0"]
+    args += ["--min-sample-ms", "0", "-o", str(out)]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    assert data["runtime"] == "onnxruntime" and data["threads"] == 1 and data["batch_size"] == 2
+    row = data["results"][0]
+    assert data["dense_ms"] == row["dense_ms"] and data["lowrank_ms"] == row["low_rank_ms"]
+    assert data["speedup"] == pytest.approx(data["dense_ms"] / data["lowrank_ms"])
+    assert data["mac_ratio"] == row["mac_ratio"]
+    assert set(row["forms"]["forms"]) == set(_config().layers)
+    assert row["forms"]["chosen"] in ("per-layer", "all dense", "all factorized")
+
+
+def test_bench_onnxruntime_not_installed_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    args = ["bench", str(_write_config(tmp_path)), "--runtime", "onnxruntime"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: package 'onnxruntime' is not installed") and "\n" not in err
+
+
+def test_bench_onnxruntime_needs_float32_cpu() -> None:
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(RankSearchError, match="float32"):
+        bench_config(_config(), BenchOptions(runtime="onnxruntime", dtype="bfloat16", **TINY))

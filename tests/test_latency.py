@@ -294,3 +294,88 @@ def test_layers_with_equal_shapes_share_entries(tmp_path: Path) -> None:
     count = table.measurements
     assert table.layer_ms(infos["layer1.2.conv2"], "tucker2", spec.ranks(), 1) == a
     assert table.measurements == count
+
+
+def test_onnxruntime_layer_timing_records_every_form() -> None:
+    pytest.importorskip("onnxruntime")
+    from rank_search.inference import FORMS
+    from rank_search.latency import measure_layer_latency
+
+    info = _infos()["layer3.0.conv2"]
+    timing = measure_layer_latency(
+        info, "tucker2", {"rank_in": 16, "rank_out": 16}, 1, repeats=2, warmup=0, min_sample_ms=0.0,
+        runtime="onnxruntime",
+    )  # fmt: skip
+    assert timing.runtime == "onnxruntime" and timing.forms is not None
+    assert set(timing.forms) == set(FORMS["tucker2"])
+    assert timing.low_rank == timing.forms[timing.form] == min(timing.forms.values(), key=lambda s: s.median)
+
+
+def test_onnxruntime_table_has_its_own_key(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    torch_table = _table(tmp_path)
+    ort_table = _table(tmp_path, runtime="onnxruntime")
+    assert ort_table.key != torch_table.key and "ort" in ort_table.key and not ort_table.channels_last
+    with pytest.raises(RankSearchError, match="float32"):
+        _table(tmp_path, runtime="onnxruntime", dtype=torch.bfloat16)
+    with pytest.raises(RankSearchError, match="unknown runtime"):
+        _table(tmp_path, runtime="tflite")
+
+
+def test_layer_speed_onnxruntime_explains_the_export_form(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    args = ["layer-speed", "resnet20", "--runtime", "onnxruntime", "--input-size", "3", "8", "8"]
+    args += ["--batch-size", "1", "--ratios", "0.5", "--repeats", "1", "--min-sample-ms", "0"]
+    args += ["--threads", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "export form" in out and "factorized=" in out and "dense=" in out
+
+
+def test_default_round_to_follows_the_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rank_search.latency import _isa
+
+    monkeypatch.delenv(_isa.ENV, raising=False)
+    assert _isa.round_to_reason(frozenset({"sse2", "avx2", "avx512f"}))[0] == 16
+    assert _isa.round_to_reason(frozenset({"sse2", "avx2"}))[0] == 8
+    assert _isa.round_to_reason(frozenset({"neon"}))[0] == 1
+    monkeypatch.setenv(_isa.ENV, "4")
+    assert _isa.default_round_to() == 4
+    monkeypatch.setenv(_isa.ENV, "x")
+    with pytest.raises(RankSearchError, match=_isa.ENV):
+        _isa.default_round_to()
+
+
+def test_space_default_round_to_is_the_isa_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rank_search.search.space import parse_space
+
+    monkeypatch.setenv("RANK_SEARCH_ROUND_TO", "8")
+    data = {"models": ["resnet20"], "layers": [{"match": "layer3.*", "ratio": [0.25, 1.0]}]}
+    assert parse_space(data, "s.yaml").groups[0].round_to == 8
+    data["layers"][0]["round_to"] = 2  # type: ignore[index]
+    assert parse_space(data, "s.yaml").groups[0].round_to == 2
+
+
+def test_layers_states_the_round_to(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["layers", "resnet20"]) == 0
+    assert "round_to use multiples of 1 (set by RANK_SEARCH_ROUND_TO)" in capsys.readouterr().out
+
+
+def test_load_check_warns_when_the_machine_gets_busier(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rank_search.latency import _device
+
+    spins = iter([1.0, 2.0, 1.0, 1.1])
+    monkeypatch.setattr(_device, "spin_ms", lambda: next(spins))
+    monkeypatch.setattr(_device, "load_average", lambda: 0.0)
+    with pytest.warns(UserWarning, match="calibration spin ran 2.00x slower"), _device.load_check():
+        pass
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _device.load_check():  # 1.1x: within SPIN_SLOWDOWN, no warning
+            pass
+    monkeypatch.setattr(_device, "load_average", lambda: 99.0)
+    spins = iter([1.0, 1.0])
+    with pytest.warns(UserWarning, match="load average 99"), _device.load_check():
+        pass

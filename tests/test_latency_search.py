@@ -247,3 +247,45 @@ def test_latency_search_end_to_end(
     assert main(["export", str(out), "--max-latency-ms", str(tight), "-o", str(tmp_path / "x.json")]) == 2
     assert main(["export", str(out), "--max-latency-ms", str(budget), "-o", str(tmp_path / "b.json")]) == 0
     assert load_rank_config(tmp_path / "b.json").provenance["latency_ms"] <= budget
+
+
+# --- runtime onnxruntime -------------------------------------------------------------------------------
+
+
+def test_parse_latency_budget_runtime() -> None:
+    budget = parse_budget({"latency_ms": 1.0, "runtime": "onnxruntime", "threads": 1})
+    assert budget.latency == LatencyBudget(1.0, "cpu", 1, 1, runtime="onnxruntime")
+    assert parse_budget(budget.to_dict()) == budget
+    assert "runtime" not in parse_budget({"latency_ms": 1.0}).to_dict()
+    for bad in ({"runtime": "tvm"}, {"runtime": "onnxruntime", "device": "cuda"}):
+        with pytest.raises(ConfigError) as info:
+            parse_budget({"latency_ms": 1.0, **bad})
+        assert info.value.key == "budget.runtime"
+
+
+def test_onnxruntime_latency_budget_projects_on_looked_up_latencies(tmp_path: Path) -> None:
+    """A latency budget with runtime onnxruntime: the table is filled in ONNX Runtime (real
+    timings, fastest form per entry), then projection only looks latencies up."""
+    pytest.importorskip("onnxruntime")
+    space_data = {
+        "models": ["resnet20"],
+        "layers": [{"match": "layer3.*.conv*", "formats": ["svd", "dense"], "ratio": [0.25, 1.0],
+                    "round_to": 16, "tie": "block"}],
+    }  # fmt: skip
+    budget = LatencyBudget(1.0, threads=1, runtime="onnxruntime")
+    with num_threads(1):
+        infos = list_factorizable(create_model("resnet20"), TINY)
+        space = resolve_space(parse_space(space_data, "ort.yaml"), "resnet20", infos, input_size=TINY)
+        table = LatencyTable.load_or_create(
+            "cpu", threads=1, cache_dir=tmp_path, settings=FAST, runtime=budget.runtime
+        )
+        assert "ort" in table.key and table.to_dict()["device"]["runtime"] == "onnxruntime"
+        table.prefill("resnet20", TINY, 1, ["svd"])
+        cost = LatencyCost(table, 1)
+        least = smallest_cost(space, cost)
+        measured = table.measurements
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(5):
+            result = project(space, space.suggest(study.ask()), least * 1.1, cost=cost)
+            assert result.cost <= least * 1.1
+        assert table.measurements == measured

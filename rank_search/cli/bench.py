@@ -70,6 +70,12 @@ def _device_args(p: argparse.ArgumentParser) -> None:
         help="batch sizes (default 1 and 32 on CPU, 1 and 1024 on CUDA)",
     )
     p.add_argument("--threads", type=int, help="CPU intra-op threads (default: torch's default)")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="torch (eager) or onnxruntime (CPU; needs pip install 'rank-search[onnx]')",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
 
@@ -91,6 +97,7 @@ def _batch_sizes(args: argparse.Namespace) -> tuple[int, ...]:
 def run_bench(args: argparse.Namespace) -> int:
     from ..bench import BenchOptions, bench_config, save_bench
     from ..config import load_rank_config
+    from ..latency._device import load_check
 
     config = load_rank_config(args.config)
     options = BenchOptions(
@@ -104,8 +111,11 @@ def run_bench(args: argparse.Namespace) -> int:
         compile=args.compile,
         cuda_graph=args.cuda_graph,
         min_sample_ms=args.min_sample_ms,
+        runtime=args.runtime,
     )
-    result = bench_config(config, options, source=str(args.config))
+    options.check()  # bad options and a missing runtime fail before any timing or load warning
+    with load_check(args.device):
+        result = bench_config(config, options, source=str(args.config))
     if args.output:
         save_bench(result, args.output)
     if args.json:
@@ -121,7 +131,8 @@ def format_bench(data: dict[str, Any]) -> str:
     """The bench JSON as a header and one table row per batch size."""
     dev, macs = data["device"], data["macs"]
     head = (
-        f"{data['model']} on {dev['type']} ({dev['name']}, {dev['threads']} threads, torch {dev['torch']}, "
+        f"{data['model']} in {data['runtime']} on {dev['type']} ({dev['name']}, {dev['threads']} threads, "
+        f"torch {dev['torch']}, "
         f"{data['settings']['dtype']}); MACs dense {human(macs['dense'])}, "
         f"low-rank {human(macs['low_rank'])} (mac_ratio {data['mac_ratio']:.2f}x)"
     )
@@ -168,6 +179,7 @@ def _input_size(args: argparse.Namespace, model: str) -> tuple[int, int, int]:
 
 def run_latency_table(args: argparse.Namespace) -> int:
     from ..latency import LatencyTable, TimingSettings, resolve_dtype
+    from ..latency._device import load_check
 
     if args.repeats < 1 or args.warmup < 0:
         raise RankSearchError(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
@@ -178,17 +190,20 @@ def run_latency_table(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         cache_dir=args.cache_dir,
         settings=TimingSettings(args.repeats, args.warmup, args.min_sample_ms),
+        runtime=args.runtime,
     )
     sizes = _batch_sizes(args)
     if args.target.endswith(".json") or Path(args.target).is_file():
-        return _predict_config(table, args, sizes)
+        with load_check(args.device):
+            return _predict_config(table, args, sizes)
     from ..models import create_model
 
     create_model(args.target)  # a clear error for unknown names
     size = _input_size(args, args.target)
-    for batch_size in sizes:
-        count = table.prefill(args.target, size, batch_size, args.formats, args.num_classes)
-        print(f"batch {batch_size}: measured {count} new entries")
+    with load_check(args.device):
+        for batch_size in sizes:
+            count = table.prefill(args.target, size, batch_size, args.formats, args.num_classes)
+            print(f"batch {batch_size}: measured {count} new entries")
     print(f"table {table.path}: {len(table.layers)} layer entries, {len(table.rest)} models")
     return 0
 
@@ -214,10 +229,21 @@ def _predict_config(table: Any, args: argparse.Namespace, sizes: tuple[int, ...]
 
 
 def run_layer_speed(args: argparse.Namespace) -> int:
-    from ..latency import factorization_pays, resolve_dtype
+    from ..latency._device import load_check
 
     size = _input_size(args, args.model)
     sizes = _batch_sizes(args)
+    with load_check(args.device):
+        report = _layer_speed(args, size, sizes)
+    _print_layer_speed(args, report)
+    return 0
+
+
+def _layer_speed(
+    args: argparse.Namespace, size: tuple[int, int, int], sizes: tuple[int, ...]
+) -> dict[int, Any]:
+    from ..latency import factorization_pays, resolve_dtype
+
     report = {}
     for batch_size in sizes:
         advice = factorization_pays(
@@ -234,31 +260,51 @@ def run_layer_speed(args: argparse.Namespace) -> int:
             threads=args.threads,
             dtype=resolve_dtype(args.dtype),
             channels_last=args.channels_last,
+            runtime=args.runtime,
         )
         report[batch_size] = advice
+    return report
+
+
+def _print_layer_speed(args: argparse.Namespace, report: dict[int, Any]) -> None:
     if args.json:
         print(json.dumps({str(b): [a.to_dict() for a in adv] for b, adv in report.items()}, indent=2))
-        return 0
+        return
+    ort = args.runtime == "onnxruntime"
     for batch_size, advice in report.items():
-        rows = [
-            (
+        rows = []
+        for a in advice:
+            row: list[object] = [
                 a.name,
                 round(a.dense_ms, 4),
                 _ranks_text(a),
                 round(a.best.speedup, 2) if a.best else "-",
-                "yes" if a.pays else "NO",
+            ]
+            if ort:
+                row += [a.best.form if a.best else "-", _forms_text(a)]
+            rows.append([*row, "yes" if a.pays else "NO"])
+        print(f"\nbatch {batch_size}, {args.runtime}, {args.format}, rank ratios {args.ratios}:\n")
+        headers = ["layer", "dense ms", "fastest ranks", "best speedup"]
+        headers += ["export form", "form ms (fastest ranks)"] if ort else []
+        print(format_table([*headers, "pays"], rows))
+        if ort:
+            print(
+                "\nexport form: what `rank-search export-model` would ship for the fastest ranks "
+                "(factorized, merge_first/merge_last: one 1x1 factor merged into the kxk core, "
+                "dense: merged back; all exact), the fastest in ONNX Runtime between context convs"
             )
-            for a in advice
-        ]
-        print(f"\nbatch {batch_size}, {args.format}, rank ratios {args.ratios}:\n")
-        print(format_table(["layer", "dense ms", "fastest ranks", "best speedup", "pays"], rows))
         never = [a.name for a in advice if not a.pays]
         if never:
             print(
                 f"\nadvice: factorizing never paid (>= {args.min_speedup}x) on {len(never)} layer(s): "
                 f"{', '.join(never)}; offer 'dense' for them in the search space"
             )
-    return 0
+
+
+def _forms_text(advice: Any) -> str:
+    best = advice.best
+    forms = best.forms if best is not None and best.forms else {}
+    return " ".join(f"{k}={v.median:.4f}" for k, v in forms.items()) or "-"
 
 
 def _ranks_text(advice: Any) -> str:

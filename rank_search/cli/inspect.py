@@ -100,6 +100,13 @@ def run_layers(args: argparse.Namespace) -> int:
         rows.append((info.name, info.kind, shape, out, info.dense_macs, ranks or "-", note))
     print(format_table(["layer", "kind", "shape", "output", "MACs", "max ranks", "not factorized"], rows))
     print(f"\n{len(infos)} conv/linear layers, {human(sum(i.dense_macs for i in infos))} MACs at {size}")
+    from ..latency._isa import round_to_reason
+
+    step, why = round_to_reason()
+    print(
+        f"ranks: spaces without round_to use multiples of {step} ({why}); ranks off the CPU's "
+        "channel block lose ONNX Runtime's blocked conv layout and run slower despite fewer MACs"
+    )
     return 0
 
 

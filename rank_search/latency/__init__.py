@@ -33,6 +33,7 @@ from ._layers import (
     measure_layer_latency,
     ratio_ranks,
 )
+from ._runtime import RUNTIMES, check_runtime
 from ._table import LatencyTable, TimingSettings, entry_key, rank_grid
 from ._timing import Spread, summarize, time_calls, time_interleaved
 
@@ -42,10 +43,12 @@ __all__ = [
     "LatencyTable",
     "LayerAdvice",
     "LayerTiming",
+    "RUNTIMES",
     "Spread",
     "TimingSettings",
     "build_dense_layer",
     "build_layer",
+    "check_runtime",
     "cpu_model",
     "default_cache_dir",
     "device_key",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetError, ConfigError
 from ._device import DTYPES
+from ._runtime import RUNTIMES
 
 if TYPE_CHECKING:
     from ..config import RankConfig
@@ -16,12 +17,13 @@ if TYPE_CHECKING:
 
 __all__ = ["LATENCY_KEYS", "LatencyBudget", "latency_of_config", "parse_latency_budget"]
 
-LATENCY_KEYS = ("latency_ms", "device", "batch_size", "threads", "dtype", "channels_last")
+LATENCY_KEYS = ("latency_ms", "device", "batch_size", "threads", "dtype", "channels_last", "runtime")
 
 
 @dataclass(frozen=True)
 class LatencyBudget:
-    """At most ``latency_ms`` per batch of ``batch_size`` on ``device`` (inference export, eager)."""
+    """At most ``latency_ms`` per batch of ``batch_size`` on ``device`` (inference export) in
+    ``runtime``: ``torch`` (eager) or ``onnxruntime`` (CPU, float32, fastest form per layer)."""
 
     latency_ms: float
     device: str = "cpu"
@@ -29,6 +31,7 @@ class LatencyBudget:
     threads: int | None = None
     dtype: str = "float32"
     channels_last: bool = True
+    runtime: str = "torch"
 
     def table(self, cache_dir: str | Path | None = None) -> LatencyTable:
         """The cached latency table for this budget's device setting."""
@@ -41,6 +44,7 @@ class LatencyBudget:
             dtype=resolve_dtype(self.dtype),
             channels_last=self.channels_last,
             cache_dir=cache_dir,
+            runtime=self.runtime,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +57,8 @@ class LatencyBudget:
         }
         if self.threads is not None:
             data["threads"] = self.threads
+        if self.runtime != "torch":
+            data["runtime"] = self.runtime
         return data
 
 
@@ -78,7 +84,8 @@ def parse_latency_budget(
 
     Keys: ``latency_ms`` (> 0, required), ``device`` ('cpu' | 'cuda' | 'cuda:N', default 'cpu'),
     ``batch_size`` (default 1), ``threads`` (CPU threads; default: torch's current count),
-    ``dtype`` (float32 | bfloat16 | float16), ``channels_last`` (default true). ``other_keys`` are
+    ``dtype`` (float32 | bfloat16 | float16), ``channels_last`` (default true), ``runtime``
+    (``torch`` | ``onnxruntime``; onnxruntime needs device cpu and float32). ``other_keys`` are
     keys the caller handles itself (e.g. ``macs``); any other key is a :class:`ConfigError`.
     The device is not checked for availability here (that happens when the table is made).
     """
@@ -102,13 +109,20 @@ def parse_latency_budget(
     channels_last = data.get("channels_last", True)
     if not isinstance(channels_last, bool):
         raise ConfigError(f"expected true or false, got {channels_last!r}", key=f"{key}.channels_last")
+    runtime = data.get("runtime", "torch")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"expected one of {list(RUNTIMES)}, got {runtime!r}", key=f"{key}.runtime")
+    device = _device(data.get("device", "cpu"), f"{key}.device")
+    if runtime == "onnxruntime" and (device != "cpu" or dtype != "float32"):
+        raise ConfigError("runtime onnxruntime needs device cpu and dtype float32", key=f"{key}.runtime")
     return LatencyBudget(
         latency_ms=float(ms),
-        device=_device(data.get("device", "cpu"), f"{key}.device"),
+        device=device,
         batch_size=_positive_int(data.get("batch_size", 1), f"{key}.batch_size"),
         threads=None if threads is None else _positive_int(threads, f"{key}.threads"),
         dtype=dtype,
         channels_last=channels_last,
+        runtime=runtime,
     )
 
 

@@ -70,17 +70,24 @@ def device_name(device: torch.device) -> str:
 
 
 def device_key(
-    device: torch.device, threads: int, dtype: torch.dtype = torch.float32, channels_last: bool = True
+    device: torch.device,
+    threads: int,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+    runtime: str = "torch",
 ) -> str:
-    """A file-name-safe key for one timing setting: device name, CPU threads, torch version,
-    dtype and memory format. Latencies measured under one key are never reused under another."""
+    """A file-name-safe key for one timing setting: device name, CPU threads, runtime and its
+    version (torch or ONNX Runtime), dtype and memory format. Latencies measured under one key
+    are never reused under another."""
+    from ._runtime import runtime_version
+
     parts = [device.type, device_name(device)]
     if device.type == "cpu":
         parts.append(f"{threads}t")
     parts += [
-        f"torch{torch.__version__}",
+        runtime_version(runtime),
         str(dtype).removeprefix("torch."),
-        "cl" if channels_last else "nchw",
+        "cl" if channels_last and runtime == "torch" else "nchw",
     ]
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).strip("_")
 
@@ -132,4 +139,39 @@ def warn_if_busy(device: torch.device, stacklevel: int = 3) -> None:
             f"load average {load:.1f} on {cores} CPUs: other processes are running, {device.type} "
             "timings will be noisy (on CPU consider OMP_WAIT_POLICY=PASSIVE)",
             stacklevel=stacklevel,
+        )
+
+
+SPIN_SLOWDOWN = 1.25  # a calibration spin this much slower after timing than before: warn
+
+
+def spin_ms(repeats: int = 5) -> float:
+    """Median ms of a fixed single-threaded Python loop: a probe of how much CPU this process gets."""
+    import statistics
+    import time
+
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sum(range(100_000))
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+@contextmanager
+def load_check(device: torch.device | str = "cpu", stacklevel: int = 3) -> Iterator[None]:
+    """Around a timing run: warn when the machine is loaded before it (:func:`warn_if_busy`), and
+    when a calibration spin (:func:`spin_ms`) ran :data:`SPIN_SLOWDOWN` times slower after it than
+    before (other processes took CPU time while timing: the figures are suspect)."""
+    dev = torch.device(device)
+    warn_if_busy(dev, stacklevel=stacklevel + 2)
+    before = spin_ms()
+    yield
+    after = spin_ms()
+    if after > SPIN_SLOWDOWN * before:
+        warnings.warn(
+            f"a calibration spin ran {after / before:.2f}x slower after timing than before "
+            f"({before:.2f} -> {after:.2f} ms): the machine got busier, timings are suspect; "
+            "rerun on a quiet machine",
+            stacklevel=stacklevel + 2,
         )

@@ -22,6 +22,7 @@ from ..convert import LayerInfo, list_factorizable
 from ..inference import export_for_inference
 from ..layers import make_low_rank
 from ._device import num_threads, resolve_device
+from ._runtime import check_runtime, runner
 from ._timing import Spread, summarize, time_interleaved
 
 __all__ = [
@@ -106,11 +107,22 @@ class LayerTiming:
     low_rank: Spread
     dense_macs: int
     low_rank_macs: int
+    runtime: str = "torch"
+    forms: dict[str, Spread] | None = None  # onnxruntime: every equivalent form; low_rank = fastest
 
     @property
     def speedup(self) -> float:
         """``dense median / low-rank median``; above 1 means factorizing is faster."""
         return self.dense.median / self.low_rank.median
+
+    @property
+    def form(self) -> str:
+        """The form timed as ``low_rank``: the fastest equivalent form (onnxruntime), else factorized."""
+        if not self.forms:
+            return "factorized"
+        from ._forms import choose_form
+
+        return choose_form({k: v.median for k, v in self.forms.items()})
 
 
 def measure_layer_latency(
@@ -126,31 +138,52 @@ def measure_layer_latency(
     min_sample_ms: float = 2.0,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
+    runtime: str = "torch",
 ) -> LayerTiming:
     """Time ``info``'s dense layer and its ``fmt``/``ranks`` form, interleaved, at the layer's
-    exact input shape with ``batch_size`` samples (eval mode, inference mode)."""
+    exact input shape with ``batch_size`` samples (eval mode, inference mode).
+
+    ``runtime="onnxruntime"``: every equivalent form of the low-rank layer is timed too (all
+    interleaved with dense, each between context convs, see
+    :func:`~rank_search.latency._forms.in_context`) and ``low_rank`` is the fastest form.
+    """
     dev = resolve_device(device)
+    check_runtime(runtime, dev)
+    ort = runtime == "onnxruntime"
+    channels_last = channels_last and not ort
     with num_threads(threads):
         dense = build_layer(info, "dense", {}, dev, dtype, channels_last)
         low = build_layer(info, fmt, ranks, dev, dtype, channels_last)
     x = layer_input(info, batch_size, dev, dtype, channels_last)
-    with num_threads(threads), torch.inference_mode():
-        d, lr = time_interleaved(
-            [lambda: dense(x), lambda: low(x)],
-            dev,
-            repeats=repeats,
-            warmup=warmup,
-            min_sample_ms=min_sample_ms,
-        )
+    used = threads if threads is not None else torch.get_num_threads()
+    names = ["factorized"]
+    modules = [dense, low]
+    if ort:
+        from ..inference import FORMS, apply_form
+        from ._forms import in_context
+
+        assert isinstance(low, nn.Sequential)
+        names = list(FORMS[fmt])
+        modules = [in_context(dense, x)] + [in_context(apply_form(low, f), x) for f in names]
+    with num_threads(threads):
+        calls = [runner(m, x, runtime, used) for m in modules]
+        with torch.inference_mode():
+            d, *lows = time_interleaved(
+                calls, dev, repeats=repeats, warmup=warmup, min_sample_ms=min_sample_ms
+            )
+    forms = {name: summarize(s) for name, s in zip(names, lows, strict=True)}
+    fastest = min(forms, key=lambda k: forms[k].median)
     return LayerTiming(
         info.name,
         fmt,
         dict(ranks),
         batch_size,
         summarize(d),
-        summarize(lr),
+        forms[fastest],
         info.dense_macs,
         info.macs(fmt, ranks),
+        runtime,
+        forms if ort else None,
     )
 
 
@@ -188,10 +221,13 @@ class LayerAdvice:
             "pays": self.pays,
             "best_ranks": best.ranks if best else None,
             "best_speedup": best.speedup if best else None,
+            "best_form": best.form if best else None,
             "grid": [
                 {
                     "ranks": t.ranks,
                     "low_rank_ms": t.low_rank.median,
+                    "form": t.form,
+                    "forms_ms": {k: v.median for k, v in (t.forms or {}).items()},
                     "speedup": t.speedup,
                     "mac_ratio": t.dense_macs / max(1, t.low_rank_macs),
                 }

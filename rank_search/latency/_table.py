@@ -1,6 +1,11 @@
 """A cached table of measured layer latencies that predicts a rank config's latency without running it.
 
-One table per timing setting (device name, CPU threads, torch version, dtype, memory format:
+Runtime. ``runtime="torch"`` times eager PyTorch; ``runtime="onnxruntime"`` times ONNX Runtime
+(CPU, float32) and each low-rank entry is the fastest of the layer's equivalent forms (factorized,
+one side merged, dense; timed between context convs, :mod:`rank_search.latency._forms`), as
+``rank-search export-model`` ships it; whole models are timed with their forms chosen that way.
+
+One table per timing setting (device name, CPU threads, runtime and version, dtype, memory format:
 see :func:`~rank_search.latency.device_key`), stored as JSON at
 ``<cache dir>/<device key>.json`` (``$RANK_SEARCH_CACHE/latency`` or
 ``~/.cache/rank-search/latency``), written atomically and merged with what is on disk, so a
@@ -55,6 +60,7 @@ import torch
 
 from .._io import atomic_write_json
 from ..convert import LayerInfo, list_factorizable
+from ..errors import RankSearchError
 from ._device import (
     check_threads,
     default_cache_dir,
@@ -65,6 +71,7 @@ from ._device import (
     warn_if_busy,
 )
 from ._layers import build_layer, layer_input
+from ._runtime import check_runtime, runner
 from ._timing import Spread, summarize, time_interleaved
 
 if TYPE_CHECKING:
@@ -154,14 +161,19 @@ class LatencyTable:
         settings: TimingSettings | None = None,
         layer_timer: LayerTimer | None = None,
         interpolate: bool = False,
+        runtime: str = "torch",
     ) -> None:
         check_threads(threads)
         self.device = resolve_device(device)
+        check_runtime(runtime, self.device)
+        if runtime != "torch" and dtype != torch.float32:
+            raise RankSearchError(f"runtime {runtime} is timed in float32 only, got {dtype}")
+        self.runtime = runtime
         self.threads = threads if threads is not None else torch.get_num_threads()
         self.dtype = dtype
-        self.channels_last = channels_last
+        self.channels_last = channels_last and runtime == "torch"
         self.settings = settings or TimingSettings()
-        self.key = device_key(self.device, self.threads, dtype, channels_last)
+        self.key = device_key(self.device, self.threads, dtype, self.channels_last, runtime)
         self.path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.path = self.path / f"{self.key}.json"
         self.layers: dict[str, float] = {}
@@ -222,6 +234,7 @@ class LatencyTable:
                 "torch": torch.__version__,
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "channels_last": self.channels_last,
+                "runtime": self.runtime,
             },
             "settings": asdict(self.settings),
             "unit": "ms",
@@ -249,9 +262,11 @@ class LatencyTable:
         if self.measurements == 0:  # once per table: what is measured now is cached for good
             warn_if_busy(self.device, stacklevel=5)
         s = self.settings
+        with num_threads(self._cpu_threads):
+            call = runner(module, x, self.runtime, self.threads)
         with num_threads(self._cpu_threads), torch.inference_mode():
             (samples,) = time_interleaved(
-                [lambda: module(x)],
+                [call],
                 self.device,
                 repeats=s.repeats,
                 warmup=s.warmup,
@@ -269,6 +284,27 @@ class LatencyTable:
         with num_threads(self._cpu_threads):  # building runs LAPACK: keep it to the timing threads too
             module = build_layer(info, fmt, ranks, self.device, self.dtype, self.channels_last)
         x = layer_input(info, batch_size, self.device, self.dtype, self.channels_last)
+        if self.runtime == "onnxruntime":  # as exported: the fastest form, between context convs
+            from ._forms import in_context, time_forms
+
+            if fmt == "dense":
+                return self._time(in_context(module, x), x).median
+            if self.measurements == 0:
+                warn_if_busy(self.device, stacklevel=4)
+            s = self.settings
+            assert isinstance(module, torch.nn.Sequential)
+            spreads = time_forms(
+                module,
+                x,
+                runtime=self.runtime,
+                threads=self.threads,
+                repeats=s.repeats,
+                warmup=s.warmup,
+                min_sample_ms=s.min_sample_ms,
+            )
+            self.measurements += 1
+            self._dirty = True
+            return min(spread.median for spread in spreads.values())
         return self._time(module, x).median
 
     def point_ms(
@@ -405,6 +441,14 @@ class LatencyTable:
         x = torch.randn(batch_size, *input_size, device=self.device, dtype=self.dtype)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.runtime == "onnxruntime":  # as export-model ships it: fastest form per layer
+            from ..onnx_export import fastest_form
+
+            s = self.settings
+            with num_threads(self._cpu_threads):
+                exported, _ = fastest_form(
+                    exported, x, threads=self.threads, repeats=s.repeats, warmup=s.warmup
+                )
         return self._time(exported, x)
 
     # ----------------------------------------------------------------- prediction
@@ -430,20 +474,6 @@ class LatencyTable:
         self._save_if_dirty()
         dense_kernels = len(self.model_infos(model.name, config.input_size, model.num_classes))
         return _base(record, layers) + record.get("per_kernel_ms", 0.0) * (kernels - dense_kernels)
-
-    def measure_missing(
-        self, configs: RankConfig | Iterable[RankConfig], batch_sizes: int | Iterable[int]
-    ) -> int:
-        """Measure every entry the configs need at these batch sizes; returns how many were measured."""
-        from ..config import RankConfig as _RankConfig
-
-        config_list = [configs] if isinstance(configs, _RankConfig) else list(configs)
-        sizes = [batch_sizes] if isinstance(batch_sizes, int) else list(batch_sizes)
-        before = self.measurements
-        for config in config_list:
-            for batch_size in sizes:
-                self.predict(config, batch_size)
-        return self.measurements - before
 
     def prefill(
         self,

@@ -12,7 +12,8 @@ A space file (``spaces/*.yaml``) is model-agnostic: glob patterns pick layers by
                                      #   low-rank format (default [tucker2])
         ratio: [0.1, 1.0]            # rank as a fraction of the layer's full rank, each in (0, 1],
         # rank: [4, 64]              #   or absolute integer ranks; exactly one of the two
-        round_to: 1                  # ranks are multiples of this (default 1)
+        round_to: 16                 # ranks are multiples of this (default: the CPU's vector
+                                     #   width, 16 on AVX-512, 8 on AVX2, else 1; see `layers`)
         tie: none                    # none: a rank per layer; stage: one per prefix before the
                                      #   first '.'; block: one per prefix before the second '.'
     regularizer:                     # optional; default: not searched (dso, 1e-3)
@@ -156,6 +157,12 @@ def _parse_space(data: Any, source: str) -> SearchSpace:
     return SearchSpace(tuple(models), groups, regularizer, train, description, source)
 
 
+def _default_round_to() -> int:
+    from ..latency._isa import default_round_to
+
+    return default_round_to()
+
+
 def _parse_group(data: Any, key: str) -> LayerGroup:
     check_keys(data, _GROUP_KEYS, key + ".")
     match = require(data, "match", key + ".")
@@ -174,7 +181,7 @@ def _parse_group(data: Any, key: str) -> LayerGroup:
     if not any(fmt in LOW_RANK for fmt in formats):
         raise ConfigError("needs tucker2 or svd (layers no group matches stay dense)", key=key + ".formats")
     kind, lo, hi = _parse_rank_range(data, key)
-    round_to = data.get("round_to", 1)
+    round_to = data.get("round_to") if "round_to" in data else _default_round_to()
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise ConfigError(f"expected an integer >= 1, got {round_to!r}", key=key + ".round_to")
     tie = data.get("tie", "none")
