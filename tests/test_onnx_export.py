@@ -37,7 +37,7 @@ def _one_thread() -> Iterator[None]:
 def _config(name: str, input_size: tuple[int, int, int], mix: str) -> RankConfig:
     """Every factorizable layer but the first in ``mix`` ('tucker2', 'svd', 'mixed') at half rank."""
     layers = {}
-    for index, info in enumerate(list_factorizable(create_model(name), input_size)[1:]):
+    for index, info in enumerate(list_factorizable(create_model(name, num_classes=10), input_size)[1:]):
         fmt = mix if mix != "mixed" else ("tucker2", "svd")[index % 2]
         if info.allows(fmt):
             layers[info.name] = LayerSpec(fmt, **{k: max(1, v // 2) for k, v in info.full_ranks[fmt].items()})
