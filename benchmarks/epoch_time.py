@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from rank_search.config import RankConfig
 from rank_search.data import DataOptions, load_data, parse_data_spec
 from rank_search.regularizers import orthogonality_penalty
-from rank_search.train import TrainConfig, fit, resolve_device
+from rank_search.train import TrainConfig, fit, training_device
 from rank_search.uniform import uniform_config
 
 BLOCK_CONVS = [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2)]
@@ -120,7 +120,7 @@ def _loader(root: Path, args: argparse.Namespace, device: torch.device) -> Any:
 
 def time_torchvision(config: RankConfig, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Epoch times of the plain recipe: ImageFolder + DataLoader, PIL augmentation, fp32, eager."""
-    device = resolve_device(args.device)
+    device = training_device(args.device)
     model = config.build(seed=0).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     regularized = any(spec.format != "dense" for spec in config.layers.values())
@@ -194,7 +194,7 @@ def main() -> None:
         rows.append(time_harness(config, data, args))
         if not args.skip_baseline:
             rows.append(time_torchvision(config, spec.root, args))
-    device = resolve_device(args.device)
+    device = training_device(args.device)
     print(
         f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch "
         f"{torch.__version__}, speedup {args.speedup}, {args.epochs} measured + "

@@ -506,8 +506,17 @@ class _SVDLayer(LowRankLayer):
         return self.u.weight.flatten(1)
 
     def v_matrix(self) -> Tensor:
-        """V (in*kh*kw x r), a view of ``v.weight``."""
-        return self.v.weight.flatten(1).t()
+        """V (in*kh*kw x r), a view of ``v.weight`` with rows in the weight's memory order.
+
+        Rows are ordered (in, kh, kw) for a contiguous weight and (kh, kw, in) for a
+        channels_last one (a reshape would copy it every step); the Gram matrix ``V^T V`` the
+        regularizers use does not depend on the row order. :meth:`dense_weight` reorders.
+        """
+        weight = self.v.weight
+        channels_last = weight.is_contiguous(memory_format=torch.channels_last)
+        if weight.dim() == 4 and not weight.is_contiguous() and channels_last:
+            return weight.permute(0, 2, 3, 1).flatten(1).t()
+        return weight.flatten(1).t()
 
     def factor_matrices(self) -> list[Tensor]:
         """``[U (out x r), V (in*kh*kw x r)]``."""
@@ -523,8 +532,12 @@ class _SVDLayer(LowRankLayer):
         half the activation variance over a 20-layer stack; the truncation keeps it within
         a few percent (``tests/test_layers.py``). Bias is zero.
         """
+        if self.s.device.type == "meta":
+            return
         dtype = torch.float64 if self.s.dtype == torch.float64 else torch.float32
-        matrix = torch.empty(self.u.weight.shape[0], self.v.weight[0].numel(), dtype=dtype)
+        # drawn and decomposed on the layer's device: no CPU SVD and copy for layers built on CUDA
+        shape = (self.u.weight.shape[0], self.v.weight[0].numel())
+        matrix = torch.empty(shape, dtype=dtype, device=self.s.device)
         nn.init.kaiming_normal_(matrix, mode="fan_in", nonlinearity="relu")
         u, s, v = _top_singular(matrix, self.rank)
         with torch.no_grad():
@@ -536,7 +549,7 @@ class _SVDLayer(LowRankLayer):
 
     def dense_weight(self) -> Tensor:
         """``U diag(s) V^T`` in the dense layer's weight shape, differentiable."""
-        matrix = (self.u_matrix() * self.s) @ self.v_matrix().t()
+        matrix = (self.u_matrix() * self.s) @ self.v.weight.flatten(1)
         return matrix.reshape(self.u.weight.shape[0], *self.v.weight.shape[1:])
 
     def _load_dense(self, layer: Any) -> None:
@@ -605,8 +618,13 @@ class SVDConv2d(_SVDLayer):
         self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        """``u(v(x) * s)``."""
-        return self.u(self.v(x) * self.s.view(1, -1, 1, 1))
+        """``u(v(x) * s)``, computed as ``v(x)`` through ``u`` with ``s`` folded into its weight.
+
+        Folding scales the small ``C_out x r`` weight instead of the activations (one kernel
+        less) and keeps them in the autocast dtype: a float32 ``s`` times a bf16 activation
+        would promote it to float32.
+        """
+        return nn.functional.conv2d(self.v(x), self.u.weight * self.s.view(1, -1, 1, 1), self.u.bias)
 
     def to_dense(self) -> nn.Conv2d:
         """An ``nn.Conv2d`` with weight ``U diag(s) V^T`` and the bias."""
@@ -685,8 +703,8 @@ class SVDLinear(_SVDLayer):
         self.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        """``u(v(x) * s)``."""
-        return self.u(self.v(x) * self.s)
+        """``u(v(x) * s)``, with ``s`` folded into ``u``'s weight (see :meth:`SVDConv2d.forward`)."""
+        return nn.functional.linear(self.v(x), self.u.weight * self.s, self.u.bias)
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` with weight ``U diag(s) V^T`` and the bias."""

@@ -9,14 +9,15 @@ Matrix level (``A`` is C x r, normally tall, ``G = A^T A`` its r x r Gram matrix
 * ``srip``: spectral norm of ``A^T A - I`` estimated by power iteration from a fixed start.
 
 Model level: :func:`orthogonality_penalty` sums one of them over the factor matrices of every
-:class:`~rank_search.layers.LowRankLayer`, batching matrices of equal shape into one ``bmm``.
+:class:`~rank_search.layers.LowRankLayer`, batching matrices of equal shape into one ``bmm``
+(:func:`penalty_of_matrices` does the same for a list of matrices the caller keeps).
 DPRP (SVD layers only): :func:`dprp_structure_loss` and :func:`dprp_compression_loss`.
 No function keeps state between calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "dso",
     "mc",
     "orthogonality_penalty",
+    "penalty_of_matrices",
     "regularizer_names",
     "so",
     "srip",
@@ -202,24 +204,38 @@ def orthogonality_penalty(
     where ``"*"`` gives the default for unlisted layers; without ``"*"`` every low-rank layer
     must be listed (``KeyError`` otherwise, as for names that match no low-rank layer).
     ``remove_floor`` applies to ``"dso"`` only. Matrices of equal shape are stacked and
-    evaluated with one batched matmul; the value equals the per-matrix sum.
+    evaluated with one batched matmul (:func:`penalty_of_matrices`); the value equals the
+    per-matrix sum.
     """
     if kind not in regularizer_names():
         raise ValueError(f"unknown regularizer {kind!r}; known: {regularizer_names()}")
     if kind == "none":
         return _zero(model)
-    kernel = _batched_kernel(kind, remove_floor)
-    groups: dict[tuple[object, ...], list[tuple[Tensor, float]]] = {}
+    by_weight: dict[float, list[Tensor]] = {}
     for matrix, w in _weighted_matrices(model, weight):
-        groups.setdefault((tuple(matrix.shape), matrix.dtype, matrix.device), []).append((matrix, w))
+        by_weight.setdefault(w, []).append(matrix)
     total = _zero(model)
-    for members in groups.values():
-        values = kernel(torch.stack([matrix for matrix, _ in members]))
-        weights = [w for _, w in members]
-        if len(set(weights)) == 1:  # the usual case: no host-to-device copy per step
-            total = total + values.sum() * weights[0]
-        else:
-            total = total + (values * torch.tensor(weights, device=values.device, dtype=values.dtype)).sum()
+    for w, matrices in by_weight.items():  # usually one weight: no host-to-device copy per step
+        total = total + penalty_of_matrices(matrices, kind, remove_floor=remove_floor) * w
+    return total
+
+
+def penalty_of_matrices(matrices: Sequence[Tensor], kind: str, *, remove_floor: bool = False) -> Tensor:
+    """Unweighted sum of regularizer ``kind`` (not ``"none"``) over ``matrices``.
+
+    Matrices of equal shape, dtype and device are stacked into one batched evaluation. For a
+    caller that keeps its list of factor matrices (no ``named_modules`` walk per step).
+    """
+    kernel = _batched_kernel(kind, remove_floor)
+    groups: dict[tuple[object, ...], list[Tensor]] = {}
+    for matrix in matrices:
+        groups.setdefault((tuple(matrix.shape), matrix.dtype, matrix.device), []).append(matrix)
+    values = [kernel(torch.stack(members)).sum() for members in groups.values()]
+    if not values:
+        return torch.zeros(())
+    total = values[0]
+    for value in values[1:]:
+        total = total + value
     return total
 
 

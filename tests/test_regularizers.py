@@ -17,6 +17,7 @@ from rank_search.regularizers import (
     dso,
     mc,
     orthogonality_penalty,
+    penalty_of_matrices,
     regularizer_names,
     so,
     srip,
@@ -132,6 +133,14 @@ def test_batched_penalty_equals_per_matrix_loop(kind: str) -> None:
     assert expected.item() > 0
     torch.testing.assert_close(orthogonality_penalty(model, kind), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(orthogonality_penalty(model, kind, 0.5), 0.5 * expected)
+
+
+@pytest.mark.parametrize("kind", sorted(REGULARIZERS))
+def test_penalty_of_matrices_equals_the_model_penalty(kind: str) -> None:
+    model = _Model()
+    matrices = [m for _, layer in low_rank_modules(model) for m in layer.factor_matrices()]
+    torch.testing.assert_close(penalty_of_matrices(matrices, kind), orthogonality_penalty(model, kind))
+    assert penalty_of_matrices([], kind).item() == 0.0
 
 
 def test_penalty_remove_floor_and_gradients() -> None:

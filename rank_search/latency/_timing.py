@@ -1,8 +1,9 @@
 """Timing loops: warmup, calibrated inner loops, interleaved repeats, median and spread.
 
 CPU samples use ``time.perf_counter``; CUDA samples use ``torch.cuda.Event`` pairs recorded on
-the current stream, and the device is synchronized before each sample starts and after it ends,
-so a sample covers exactly the kernels its calls launched.
+the timed device's current stream (made the current device while timing), and the device is
+synchronized before each sample starts and after it ends, so a sample covers exactly the
+kernels its calls launched.
 """
 
 from __future__ import annotations
@@ -56,14 +57,16 @@ def summarize(samples: Sequence[float]) -> Spread:
 def time_calls(fn: Fn, number: int, device: torch.device) -> float:
     """Milliseconds per call of ``fn`` averaged over ``number`` back-to-back calls."""
     if device.type == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        end.synchronize()
+        with torch.cuda.device(device):  # events and launches on the timed device, not the current one
+            stream = torch.cuda.current_stream(device)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record(stream)
+            for _ in range(number):
+                fn()
+            end.record(stream)
+            end.synchronize()
         return float(start.elapsed_time(end)) / number
     t0 = time.perf_counter()
     for _ in range(number):

@@ -160,6 +160,17 @@ def _trial_identity() -> tuple[str, str | None]:
     return trial_id, node_id
 
 
+def _trial_gpu_share() -> float | None:
+    """The GPUs this trial was given (``resources.gpu``), or None outside a Ray trial."""
+    from ray import tune
+
+    try:
+        resources = tune.get_context().get_trial_resources()
+        return float(resources.required_resources.get("GPU", 0.0)) or None
+    except Exception:  # outside a Ray Tune trial (unit tests)
+        return None
+
+
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Ray Tune function trainable: train one planned rank config (see the module docstring)."""
     import torch
@@ -170,6 +181,9 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     plan = config[CONFIG_KEY]
     trial_id, node_id = _trial_identity()
     torch.set_num_threads(max(1, int(setup.cpus)))
+    from ..train import apply_gpu_share
+
+    apply_gpu_share(_trial_gpu_share())  # cap memory, no cuDNN autotuning on a shared GPU
     rank_config = planned_rank_config(plan, setup)
     record = new_record(trial_id, plan, setup, rank_config)
     record.node_id = node_id

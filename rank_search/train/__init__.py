@@ -3,13 +3,15 @@
 ``rank_search.train`` never imports Ray; the search wraps :func:`fit` in a thin adapter.
 Modules: ``config`` (settings), ``loop`` (:func:`fit`, results), ``step`` (objective, optimizer,
 eager/compiled/CUDA-graph steps), ``schedule`` (learning rate and regularizer weight),
-``checkpoint`` (:class:`TrainState`), ``dprp`` (dynamic rank pruning), ``run`` (the CLI job).
+``checkpoint`` (:class:`TrainState`),
+``device`` (device, GPU share, non-finite watch), ``dprp`` (dynamic rank pruning), ``run`` (the CLI job).
 """
 
 from __future__ import annotations
 
 from .checkpoint import TrainState, read_checkpoint
 from .config import DPRPConfig, TrainConfig, train_config_from_dict
+from .device import apply_gpu_share, training_device
 from .dprp import export_ranks, svd_everywhere
 from .loop import (
     EpochStats,
@@ -18,7 +20,6 @@ from .loop import (
     evaluate,
     fit,
     match_dataset,
-    resolve_device,
     round_ranks,
 )
 
@@ -29,13 +30,14 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "apply_gpu_share",
     "evaluate",
     "export_ranks",
     "fit",
     "match_dataset",
     "read_checkpoint",
-    "resolve_device",
     "round_ranks",
     "svd_everywhere",
     "train_config_from_dict",
+    "training_device",
 ]

@@ -7,8 +7,10 @@ the search calls :func:`fit` from a thin adapter.
 Reproducibility: the model is initialized from ``seed``; the data order and augmentation of
 epoch ``e`` come from a generator seeded with ``(seed, e)``; torch's global RNG is seeded with
 ``seed`` at the start and saved in checkpoints. On CPU the same seed gives the same history, and
-a run resumed from a checkpoint continues bit for bit. On CUDA, cuDNN autotuning is enabled and
-results are close but not bitwise reproducible.
+a run resumed from a checkpoint continues bit for bit. On CUDA, cuDNN autotuning is enabled
+(unless the process holds only a share of the GPU, see :mod:`.device`) and results are close
+but not bitwise reproducible. The non-finite check never blocks the host during an epoch
+(:class:`.device.FiniteWatch`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..layers import SVDConv2d, SVDLinear, low_rank_modules
 from . import dprp as dprp_mod
 from .checkpoint import TrainState, read_checkpoint, restore_rng
 from .config import TrainConfig, train_config_from_dict
+from .device import FiniteWatch, cudnn_autotune, training_device
 from .progress import ProgressBar
 from .schedule import WarmupCosine, lr_at, regularizer_factor
 from .step import Objective, Step, build_optimizer, make_step
@@ -48,7 +51,6 @@ __all__ = [
     "evaluate",
     "fit",
     "match_dataset",
-    "resolve_device",
     "round_ranks",
 ]
 
@@ -127,16 +129,6 @@ class TrainResult:
 
 
 # --- setup helpers -----------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"'{name}' requested but CUDA is not available", key="device")
-    return device
 
 
 def match_dataset(config: RankConfig, data: Dataset) -> RankConfig:
@@ -264,7 +256,7 @@ class _Trainer:
 
     def __init__(self, config: RankConfig, data: Dataset, train: TrainConfig, progress: bool) -> None:
         self.data, self.train = data, train
-        self.device = resolve_device(train.device)
+        self.device = training_device(train.device)
         self.cuda = self.device.type == "cuda"
         self.amp = train.amp and self.cuda
         self.channels_last = train.channels_last and self.cuda
@@ -279,7 +271,7 @@ class _Trainer:
         self.steps_per_epoch = data.num_batches("train", train.batch_size, drop_last=self.drop_last)
         if self.steps_per_epoch == 0:
             raise DataError(f"dataset '{data.name}' has an empty train split")
-        self.check_every = 8 if self.cuda else 1
+        self.check_window = 8 if self.cuda else 1
         self.costs = AnalyticCost.of(config)  # the layers, listed once: costs below are analytic
         self.dense_macs = self.costs.dense_macs
         self.bar = ProgressBar(train.epochs, self.steps_per_epoch, enabled=progress)
@@ -288,7 +280,7 @@ class _Trainer:
     def _build(self, config: RankConfig) -> TrainState:
         train = self.train
         if self.cuda:
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = cudnn_autotune()
         torch.manual_seed(train.seed)
         model = config.build(seed=train.seed).to(self.device)
         if self.channels_last:
@@ -341,6 +333,7 @@ class _Trainer:
         model.train()
         self.bar.start_epoch(epoch)
         sums = torch.zeros(2, device=self.device)
+        watch = FiniteWatch(self.device, self.check_window)
         steps = 0
         for x, y in self.data.batches(
             "train",
@@ -356,11 +349,11 @@ class _Trainer:
             sums += torch.stack((task.float(), reg.float()))
             scheduler.step()
             steps += 1
-            if steps % self.check_every == 0 and not bool(torch.isfinite(sums).all()):
-                raise _Divergence(f"epoch {epoch}, step {steps}")
+            if not watch.update(sums):
+                raise _Divergence(f"epoch {epoch}, by step {steps}")
             self.bar.update(steps)
-        if not bool(torch.isfinite(sums).all()):
-            raise _Divergence(f"epoch {epoch}, step {steps}")
+        if not watch.final(sums):
+            raise _Divergence(f"epoch {epoch}, by step {steps}")
         task_mean, reg_mean = (sums / steps).tolist()
         return task_mean, reg_mean
 
