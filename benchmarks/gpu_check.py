@@ -115,7 +115,8 @@ def _load(part: Part, val_fraction: float) -> Any:
 
 
 def _configs(num_classes: int, size: tuple[int, int, int]) -> dict[str, Any]:
-    from rank_search.config import RankConfig, uniform_config
+    from rank_search.config import RankConfig
+    from rank_search.uniform import uniform_config
 
     dense = RankConfig(uniform_config("resnet20", num_classes, size, 1.0, []).model, size)
     tucker = uniform_config("resnet20", num_classes, size, 0.5, BLOCK_CONVS)
@@ -326,9 +327,9 @@ def part_throughput(part: Part) -> None:
 
 def part_bench(part: Part) -> None:
     from rank_search.bench import BenchOptions, bench_config
-    from rank_search.config import uniform_config, uniform_ratio_bounds
     from rank_search.convert import list_factorizable
     from rank_search.models import create_model
+    from rank_search.uniform import uniform_config, uniform_ratio_bounds
 
     size = (3, 32, 32)
     options = BenchOptions(

@@ -18,7 +18,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rank_search.config import uniform_config
 from rank_search.data import DataOptions, load_data
 from rank_search.layers import SVDConv2d, SVDLinear, Tucker2Conv2d, low_rank_modules
 from rank_search.train import TrainConfig, fit
@@ -37,6 +36,7 @@ from rank_search.train.step import (
     Objective,
     make_step,
 )
+from rank_search.uniform import uniform_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 BATCH = 7  # a batch size no weight dimension has: a tensor with it as dim 0 is an activation
