@@ -305,7 +305,7 @@ def _asha(data: Any, epochs: int) -> AshaSettings:
     if not isinstance(enabled, bool):
         raise ConfigError(f"expected true or false, got {enabled!r}", key="asha.enabled")
     grace = as_int(data.get("grace_period", 1), "asha.grace_period", 1)
-    if grace > epochs:
+    if enabled and grace > epochs:  # a disabled scheduler's grace period is never used
         raise ConfigError(f"grace_period {grace} exceeds epochs_per_trial {epochs}", key="asha.grace_period")
     factor = _number(data.get("reduction_factor", 3), "asha.reduction_factor")
     if factor <= 1:
