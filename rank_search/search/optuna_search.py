@@ -59,6 +59,9 @@ class RankOptunaSearch(OptunaSearch):  # type: ignore[misc]
             )
         assert self._ot_study is not None
         try:
+            if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+                self._completed_trials.add(trial_id)  # told before a driver kill (resume): keep that
+                return
             ot_trial.set_user_attr("epochs", epochs)
             self._ot_study.tell(ot_trial, values, state=state)
         except Exception as exc:  # Optuna refuses e.g. NaN; never let it stop the search

@@ -20,9 +20,10 @@ Ray is started with ``include_dashboard=False``, a small object store and the CP
 search joins that cluster, and ``DIR`` must then be on a path every node sees. Workers get the
 OpenMP wait policy through the runtime environment (:mod:`rank_search.threads`).
 
-Cost of the plumbing (issue 11): trials checkpoint only where a checkpoint is used (ASHA rungs,
-the last epoch, every ``CHECKPOINT_INTERVAL_S``), so Ray's forced experiment snapshot
-(``num_to_keep=1``) happens a few times per trial, not every epoch; Tune's CSV/JSON/TensorBoard
+Cost of the plumbing (issue 11): a trial checkpoints only every ``CHECKPOINT_INTERVAL_S`` (what a
+resume after a kill continues from; a finished trial is known from its record, see
+:mod:`.trainable`), so Ray's forced experiment snapshot (``num_to_keep=1``) no longer follows
+every epoch and its warning about frequent snapshots stays on; Tune's CSV/JSON/TensorBoard
 loggers are off unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0`` is set; Optuna writes to a journal.
 """
 
@@ -30,8 +31,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +59,7 @@ FORMAT_ID = "rank-search/search"
 METRIC = "val_accuracy"
 OBJECT_STORE_BYTES = 256 * 2**20
 CHECKPOINT_INTERVAL_S = 600.0
-"""A trial also checkpoints after an epoch ending this long after its last checkpoint."""
+"""A trial checkpoints after an epoch ending this long after its start or last checkpoint."""
 JOURNAL_PREFIX = "journal:"
 
 
@@ -197,7 +201,6 @@ def prepare(
         _train_settings(study),
         space.dense_macs,
         cpus=study.resources.cpu,
-        checkpoint_epochs=tuple(_asha_rungs(study)),
         checkpoint_interval_s=CHECKPOINT_INTERVAL_S,
     )
     return SearchPlan(
@@ -216,17 +219,6 @@ def prepare(
 
 def _default_storage(out: Path) -> str:
     return f"{JOURNAL_PREFIX}{out / 'optuna.journal'}"
-
-
-def _asha_rungs(study: Study) -> list[int]:
-    """Epochs at which ASHA compares trials (where a checkpoint is kept)."""
-    if not study.asha.enabled:
-        return []
-    rungs, rung = [], float(study.asha.grace_period)
-    while rung < study.epochs_per_trial:
-        rungs.append(int(rung))
-        rung *= study.asha.reduction_factor
-    return rungs
 
 
 def open_storage(url: str) -> Any:
@@ -318,6 +310,11 @@ def _write_study(plan: SearchPlan) -> None:
 # --- Ray ------------------------------------------------------------------------------------------
 
 
+def _say(message: str) -> None:
+    """A progress line (the first trial line comes only after a trial's first epoch)."""
+    print(f"rank-search: {message}", file=sys.stdout, flush=True)
+
+
 def _init_ray(address: str | None, verbose: bool) -> bool:
     """Start (or join) Ray unless it is running in this process; True if we must shut it down."""
     from ..threads import prepare_process, ray_cpus, worker_env
@@ -325,17 +322,29 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
     prepare_process()  # local workers inherit the driver's environment
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":  # so the ResultGrid finds no
+        # result.json; we never read it (the trial records are the results): no warning about it
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if not verbose:  # the old reporter honours verbose=0: no config box, no TensorBoard hint
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # Tuner.restore hint: we print ours
     import ray
 
     if ray.is_initialized():
         return False
     runtime_env = {"env_vars": worker_env()}
+    level = logging.INFO if verbose else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
+        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env, logging_level=level)
     else:  # "local": always a fresh cluster, never one left running on this machine (or a killed driver's)
+        # a throwaway cluster on this machine: no auth token written into ~/.ray (RAY_AUTH_MODE wins)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        cpus = ray_cpus()
+        _say(f"starting a local Ray cluster with {cpus} CPUs ...")
         ray.init(
             address="local",
-            num_cpus=ray_cpus(),
+            logging_level=level,
+            num_cpus=cpus,
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
             log_to_driver=verbose,
@@ -527,6 +536,8 @@ def run_search(
 ) -> SearchOutcome:
     """Run (or resume) ``study`` with results in ``out_dir``; see the module docstring."""
     out = Path(out_dir).resolve()
+    begin = time.perf_counter()
+    _say(f"checking the study, data and budget of {study.name} ...")
     plan, started = _plan_for(study, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -536,6 +547,11 @@ def run_search(
     shutdown = _init_ray(address, verbose)
     try:
         tuner = _restored_tuner(plan, retry_failed) if resume else _new_tuner(plan, verbose)
+        _say(
+            f"{'resuming' if resume else 'running'} {plan.study.trials} trials of "
+            f"{plan.study.epochs_per_trial} epochs ({time.perf_counter() - begin:.0f} s to start); "
+            "a line per trial as it ends"
+        )
         results = tuner.fit()
         ended = results.num_terminated + results.num_errors
         status = "finished" if ended >= plan.study.trials else "interrupted"

@@ -5,10 +5,14 @@ process's cache (loaded once per process and data spec; a resident dataset keeps
 each device it was used on, so on a GPU the upload also happens once per process), train for
 ``epochs_per_trial`` epochs and after every epoch write the trial record, then report
 ``val_accuracy`` and ``macs`` (and the predicted ``latency_ms`` under a latency budget)
-(``ray.tune.report``, never ``ray.train.report``). A checkpoint goes with the report only where
-one is used (:meth:`TrialSetup.wants_checkpoint`): at ASHA rungs, after the last epoch, and when
-``checkpoint_interval_s`` passed since the trial's last one. A resumed trial continues from its
-last checkpoint. Torch uses as many threads as the trial has CPUs (:mod:`rank_search.threads`).
+(``ray.tune.report``, never ``ray.train.report``). A checkpoint goes with a report only when
+``checkpoint_interval_s`` passed since the trial's last one (:meth:`TrialSetup.wants_checkpoint`),
+so a long trial killed with the driver continues from it; ASHA never resumes a stopped trial,
+so rungs need none. The trial record is the source of truth for what finished: a trial that Ray
+restarts on ``--resume`` although its record already says ``completed`` or ``stopped`` (the
+driver was killed before Ray's next experiment snapshot) replays its recorded epochs to Tune
+without training. A resumed trial with a checkpoint continues from it. Torch uses as many
+threads as the trial has CPUs (:mod:`rank_search.threads`).
 Non-finite metrics are never reported: a diverged trial is recorded as such and raises
 :class:`TrialDiverged`, so Ray and Optuna mark it failed and the search goes on.
 """
@@ -55,13 +59,12 @@ class TrialSetup:
     train: dict[str, Any]  # TrainConfig fields, epochs and seed included
     dense_macs: int
     cpus: float = 1.0
-    checkpoint_epochs: tuple[int, ...] = ()  # ASHA rungs; the last epoch always checkpoints
-    checkpoint_interval_s: float = 600.0  # and so does an epoch this long after the last checkpoint
+    checkpoint_interval_s: float = 600.0  # an epoch ending this long after the last checkpoint saves one
 
     def wants_checkpoint(self, epoch: int, since_last_s: float) -> bool:
-        """Whether the report after ``epoch`` carries a checkpoint."""
-        last = epoch >= int(self.train["epochs"])
-        return last or epoch in self.checkpoint_epochs or since_last_s >= self.checkpoint_interval_s
+        """Whether the report after ``epoch`` carries a checkpoint (not after the last epoch: the
+        record holds the finished trial)."""
+        return epoch < int(self.train["epochs"]) and since_last_s >= self.checkpoint_interval_s
 
 
 _DATASETS: dict[str, Dataset] = {}
@@ -181,6 +184,19 @@ def _restore_checkpoint(work: Path) -> Path | None:
     return target
 
 
+def _replay(record: TrialRecord) -> None:
+    """Report a finished trial's recorded epochs to Tune again, without training (see above)."""
+    from ray import tune
+
+    for row in record.history:
+        keys = ("val_accuracy", "train_loss", "epoch_time_s")
+        metrics = {k: row[k] for k in keys if row.get(k) is not None}
+        metrics.update(macs=int(record.macs), params=int(record.params), epoch=int(row["epoch"]))
+        if record.latency_ms is not None:
+            metrics["latency_ms"] = float(record.latency_ms)
+        tune.report(metrics)
+
+
 def _trial_identity() -> tuple[str, str | None]:
     import ray
     from ray import tune
@@ -208,6 +224,9 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     previous = record_path(setup.out_dir, trial_id)
     if previous.is_file():  # resumed: keep what was reached until the checkpoint says otherwise
         old = read_record(previous)
+        if old.status in ("completed", "stopped") and old.history:
+            _replay(old)
+            return
         _set_history(record, old.history)
         record.wall_time_s = old.wall_time_s
     write_record(setup.out_dir, record)
