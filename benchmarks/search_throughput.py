@@ -190,6 +190,12 @@ def part_sampling(args: argparse.Namespace) -> dict[str, Any]:
 
         yield "memory", None
         yield "journal", JournalStorage(JournalFileBackend(str(tmp / "optuna.journal")))
+        try:  # what the search's driver uses (issue 11), where there is one
+            from rank_search.search.runner import open_storage
+
+            yield "driver_journal", open_storage(f"journal:{tmp / 'driver.journal'}", writer=True)
+        except ImportError:
+            pass
         yield "sqlite", optuna.storages.RDBStorage(f"sqlite:///{tmp / 'optuna.db'}")
 
     row: dict[str, Any] = {"model": args.sampling_model, "units": len(plan.space.units)}

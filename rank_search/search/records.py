@@ -36,6 +36,7 @@ from typing import Any
 from .._io import atomic_write_json
 
 __all__ = [
+    "AshaSettings",
     "FINAL_STATUSES",
     "STATUSES",
     "TrialRecord",
@@ -47,6 +48,28 @@ __all__ = [
 
 STATUSES = ("running", "completed", "stopped", "failed", "diverged", "interrupted")
 FINAL_STATUSES = ("completed", "stopped", "failed", "diverged")
+
+
+@dataclass(frozen=True)
+class AshaSettings:
+    """Asynchronous successive halving over epochs (``training_iteration``): the study's ``asha``
+    and ``search.json``'s ``asha`` (one definition for the search and the analysis)."""
+
+    enabled: bool = True
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    def rungs(self, epochs: int) -> list[int]:
+        """Epochs at which ASHA compares trials: ``grace_period * reduction_factor**k < epochs``."""
+        if not self.enabled or self.grace_period < 1 or self.reduction_factor <= 1:
+            return []
+        out, rung = [], float(self.grace_period)
+        while rung < epochs:
+            out.append(int(rung))
+            rung *= self.reduction_factor
+        return out
+
+
 HISTORY_KEYS = ("epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs", "params", "lr")
 
 

@@ -43,6 +43,7 @@ from typing import Any
 from .._validate import as_int, check_keys, require
 from ..errors import ConfigError
 from .budget import Budget, parse_budget
+from .records import AshaSettings
 
 __all__ = [
     "MODES",
@@ -80,15 +81,6 @@ _TOP_KEYS = (
     "starting_points",
 )
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass(frozen=True)
-class AshaSettings:
-    """Asynchronous successive halving over epochs (``training_iteration``)."""
-
-    enabled: bool = True
-    grace_period: int = 1
-    reduction_factor: float = 3.0
 
 
 @dataclass(frozen=True)
