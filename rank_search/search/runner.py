@@ -230,17 +230,16 @@ def open_storage(url: str, *, writer: bool = False) -> Any:
     operation on a busy disk. The file is Optuna's ordinary journal format either way.
     """
     import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    class _DriverJournal(JournalFileBackend):  # type: ignore[misc]
-        def append_logs(self, logs: list[dict[str, Any]]) -> None:
-            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-            with open(self._file_path, "ab") as handle:
-                handle.write(text.encode("utf-8"))
 
     if url.startswith(JOURNAL_PREFIX):
-        backend = (_DriverJournal if writer else JournalFileBackend)(url[len(JOURNAL_PREFIX) :])
-        return optuna.storages.JournalStorage(backend)
+        path = url[len(JOURNAL_PREFIX) :]
+        if writer:
+            from .optuna_search import DriverJournal  # module level: the searcher is pickled
+
+            return optuna.storages.JournalStorage(DriverJournal(path))
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
     return optuna.storages.RDBStorage(url)
 
 
