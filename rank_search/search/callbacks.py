@@ -110,12 +110,15 @@ class RecordCallback(Callback):  # type: ignore[misc]
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Finalize records of ended trials, mark trials still running ``interrupted`` (the search
-        stopped under them: Ctrl-C) and set aside records of trials Ray no longer knows (started
-        after the last experiment checkpoint before the driver was killed)."""
+        stopped under them: Ctrl-C) and set aside records of unfinished trials Ray no longer knows
+        (started after its last experiment snapshot before the driver was killed; their Optuna
+        trials are failed at the end). A finished record Ray does not know is kept: it counts."""
         known = {t.trial_id: t for t in trials}
         folder = Path(self.out_dir) / "trials"
         for path in sorted(folder.glob("*.json")):
             trial = known.get(path.stem)
+            if trial is None and read_record(path).status in FINAL_STATUSES:
+                continue
             if trial is None:
                 lost = folder / "lost"
                 lost.mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 from optuna.storages.journal import JournalFileBackend
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from .searcher import TAG_ATTR
@@ -37,11 +38,30 @@ class RankOptunaSearch(OptunaSearch):  # type: ignore[misc]
     """
 
     def __init__(
-        self, space: Any, *, tagged_points: list[tuple[str, dict[str, Any]]], max_epochs: int, **kwargs: Any
+        self,
+        space: Any,
+        *,
+        tagged_points: list[tuple[str, dict[str, Any]]],
+        max_epochs: int,
+        total_trials: int | None = None,
+        **kwargs: Any,
     ) -> None:
         self._tagged_points = list(tagged_points)
         self._max_epochs = max_epochs
+        self._total_trials = total_trials
         super().__init__(space, **kwargs)
+
+    def suggest(self, trial_id: str) -> Any:
+        """No new trial once ``total_trials`` Optuna trials ended or run. After ``--resume`` of a
+        killed driver, a trial that ended after Ray's last snapshot is known to Optuna (the
+        journal) but not to Ray: it counts here, so it is kept, not repeated."""
+        if self._total_trials is not None and self._ot_study is not None and trial_id not in self._ot_trials:
+            live = {t._trial_id for k, t in self._ot_trials.items() if k not in self._completed_trials}
+            trials = self._ot_study.get_trials(deepcopy=False)
+            taken = sum(1 for t in trials if t.state.is_finished() or t._trial_id in live)
+            if taken >= self._total_trials:
+                return Searcher.FINISHED
+        return super().suggest(trial_id)
 
     def _setup_study(self, mode: str | list[str]) -> None:
         super()._setup_study(mode)

@@ -44,7 +44,7 @@ from .._io import atomic_write_json, atomic_write_text
 from .._version import __version__
 from ..errors import ConfigError, RankSearchError
 from .budget import MACS, CostModel, LatencyCost, check_budget, uniform_sample
-from .records import TrialRecord, read_records
+from .records import FINAL_STATUSES, TrialRecord, read_records
 from .space import ResolvedSpace, load_space, resolve_space
 from .study import Study, parse_study
 from .trainable import TrialSetup
@@ -400,6 +400,7 @@ def _searcher(plan: SearchPlan) -> Any:
         SpaceFunction(plan.space, plan.budget, fill_up=not front, cost=plan.cost),
         tagged_points=plan.points,
         max_epochs=study.epochs_per_trial,
+        total_trials=study.trials,
         metric=[METRIC, plan.cost.metric] if front else METRIC,
         mode=["max", "min"] if front else "max",
         sampler=sampler,
@@ -563,9 +564,13 @@ def run_search(
             f"{plan.study.epochs_per_trial} epochs ({time.perf_counter() - begin:.0f} s to start); "
             "a line per trial as it ends"
         )
-        results = tuner.fit()
-        ended = results.num_terminated + results.num_errors
-        status = "finished" if ended >= plan.study.trials else "interrupted"
+        tuner.fit()
+        # the records count (a trial that ended after Ray's last snapshot of a killed driver is
+        # kept from its record, not rerun): every planned trial ended, and none was cut off
+        records = read_records(plan.out_dir)
+        ended = sum(r.status in FINAL_STATUSES for r in records)
+        cut = any(r.status in ("running", "interrupted") for r in records)
+        status = "finished" if ended >= plan.study.trials and not cut else "interrupted"
         if status == "finished":
             _fail_orphaned_optuna_trials(plan)
         outcome = _finish(plan, status)
