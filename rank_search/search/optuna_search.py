@@ -70,6 +70,18 @@ class RankOptunaSearch(OptunaSearch):  # type: ignore[misc]
             self._ot_study.enqueue_trial(params, user_attrs={TAG_ATTR: tag}, skip_if_exists=False)
         self._tagged_points = []
 
+    def _told_before(self, trial_id: str) -> bool:
+        """Whether Optuna already holds ``trial_id`` as finished: a trial that ended before the
+        driver was killed and is replayed from its record on ``--resume``."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or self._ot_study is None:
+            return False
+        return bool(self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished())
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if not self._told_before(trial_id):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
@@ -91,10 +103,10 @@ class RankOptunaSearch(OptunaSearch):  # type: ignore[misc]
                 else result.get(self.metric)
             )
         assert self._ot_study is not None
+        if self._told_before(trial_id):  # keep what Optuna was told before the driver was killed
+            self._completed_trials.add(trial_id)
+            return
         try:
-            if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-                self._completed_trials.add(trial_id)  # told before a driver kill (resume): keep that
-                return
             ot_trial.set_user_attr("epochs", epochs)
             self._ot_study.tell(ot_trial, values, state=state)
         except Exception as exc:  # Optuna refuses e.g. NaN; never let it stop the search
