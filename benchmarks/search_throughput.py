@@ -1,24 +1,29 @@
-"""Search throughput: trials per hour, GPU utilization, and what Ray + Optuna add over the bare loop.
+"""Search overhead (issue 11): what Ray + Optuna + our plumbing add around the trials' training.
 
-For each concurrency k (trials sharing one GPU: 1/k GPU each; on CPU: one core and one torch
-thread per trial, as multi-threaded CPU torch degrades badly on shared cores) this runs the study
-for ``--trials`` full trials of ``--epochs`` epochs (ASHA off, so every trial trains the same
-amount), samples ``nvidia-smi`` once a second, and reports
+Parts (``--part``, default all):
 
-* trials/hour = trials * 3600 / wall time of the search (Ray start and shutdown excluded);
-* GPU utilization (mean and max %) and the largest GPU memory in use;
-* overhead = 1 - (sum of the trials' training-loop times / k) / wall: the share of the wall time
-  not spent inside ``fit`` (Ray scheduling, worker start, checkpoints, Optuna, records, idle slots).
-  ``fit`` time is taken from each trial record (``wall_time_s``: train + validation + callbacks);
-  the pure training passes (``epoch_time_s`` summed) are reported beside it.
-* a bare baseline: the uniform config trained by ``fit`` directly, no Ray, same epochs.
+* ``throughput``: one search of ``--trials`` trials of ``--epochs`` epochs (ASHA off, so every
+  trial trains the same amount) at concurrency ``--concurrency``, timed from the ``run_search``
+  call (Ray start-up included) to its return. Prints wall, the sum of the trials' pure training
+  time (``epoch_time_s`` in their history) and the overhead ``1 - training / (k x wall)``, split
+  into start-up (call -> first trial record on disk), shutdown (last record final -> return) and
+  per trial (the rest, per trial). A thread polls ``DIR/trials`` every 20 ms for the times.
+* ``growth``: the same with ``--growth-trials`` one-epoch tiny trials at concurrency 1; the
+  per-trial overhead of trial i is ``start(i+1) - start(i) - training(i)``; prints its median over
+  the first and the last 25% of trials and their ratio (no growth: ratio near 1).
+* ``sampling``: seconds per sampled trial (``ask`` + the define-by-run space function + ``tell``)
+  on a resnet110 space, for in-memory, journal-file and SQLite Optuna storage, TPE as configured by
+  ``make_sampler``.
+* ``threads``: ``rank-search train`` of a dense resnet20 on the built-in data with its default
+  threads, idle and then with one spinning process per CPU started by this script; busy/idle ratio.
 
-GPU (the real measurement, CIFAR-10 must be on disk):
-    python benchmarks/search_throughput.py --study studies/resnet20-cifar10.yaml \
-        --set data=cifar10:/data/cifar --concurrency 1 2 4 --trials 8 --epochs 2 -o runs/bench-gpu
-CPU smoke run (tiny; proves the script works):
-    python benchmarks/search_throughput.py --study studies/quickstart.yaml --cpu \
-        --concurrency 1 2 --trials 4 --epochs 2 -o runs/bench-cpu
+The machine this runs on may be shared: compare BEFORE and AFTER runs made the same way, and
+read ratios rather than absolute seconds. CPU commands (a few minutes each part):
+
+    python benchmarks/search_throughput.py --part throughput --trials 16 --epochs 2
+    python benchmarks/search_throughput.py --part growth --growth-trials 200
+    python benchmarks/search_throughput.py --part sampling
+    python benchmarks/search_throughput.py --part threads --train-epochs 3
 """
 
 from __future__ import annotations
@@ -29,181 +34,266 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass
-class GpuSampler:
-    """Samples ``nvidia-smi`` utilization and memory once a second in a thread."""
+class RecordWatcher:
+    """Polls ``DIR/trials/*.json``: when each record first appeared and first had a final status."""
 
-    util: list[float] = field(default_factory=list)
-    memory_mib: list[float] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    FINAL = ("completed", "stopped", "failed", "diverged", "interrupted")
 
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("nvidia-smi") is not None
+    def __init__(self, out: Path, period_s: float = 0.02) -> None:
+        self.folder, self.period_s = out / "trials", period_s
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def _sample(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
-        while not self._stop.wait(1.0):
-            try:
-                line = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.splitlines()[0]
-                util, memory = (float(v) for v in line.split(","))
-            except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-                continue
-            self.util.append(util)
-            self.memory_mib.append(memory)
+    def _poll(self) -> None:
+        while not self._stop.wait(self.period_s):
+            now = time.perf_counter()
+            for path in self.folder.glob("*.json") if self.folder.is_dir() else ():
+                self.started.setdefault(path.stem, now)
+                if path.stem in self.ended:
+                    continue
+                try:
+                    status = json.loads(path.read_text())["status"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                if status in self.FINAL:
+                    self.ended[path.stem] = now
 
-    def __enter__(self) -> GpuSampler:
-        if self.available():
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+    def __enter__(self) -> RecordWatcher:
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def summary(self) -> dict[str, float | None]:
-        if not self.util:
-            return {"gpu_util_mean": None, "gpu_util_max": None, "gpu_memory_max_mib": None}
-        return {
-            "gpu_util_mean": round(statistics.fmean(self.util), 1),
-            "gpu_util_max": max(self.util),
-            "gpu_memory_max_mib": max(self.memory_mib),
-        }
+        self._thread.join()
 
 
-def _overrides(args: argparse.Namespace, k: int) -> list[str]:
-    sets = [
-        *args.set,
-        f"trials={args.trials}",
-        f"epochs_per_trial={args.epochs}",
+def _study_overrides(trials: int, epochs: int, k: int, extra: list[str]) -> list[str]:
+    return [
         "asha.enabled=false",
+        "asha.grace_period=1",
+        f"trials={trials}",
+        f"epochs_per_trial={epochs}",
         f"resources.concurrency={k}",
-        "starting_points.uniform=true",
+        "resources.cpu=1",
+        "resources.gpu=0",
+        "train.device=cpu",
+        *extra,
     ]
-    if args.cpu:  # one thread per trial: multi-threaded CPU torch degrades badly when cores are shared
-        sets += ["resources.gpu=0", "resources.cpu=1", "train.device=cpu"]
-    else:
-        sets += [f"resources.gpu={1.0 / k:.4f}"]
-    return sets
 
 
-def run_setting(args: argparse.Namespace, k: int) -> dict[str, Any]:
-    """One search at concurrency ``k``; Ray is started first so its start-up is not timed."""
-    import ray
-
+def timed_search(study_name: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    """Run one search in this process and time it (Ray started and shut down by ``run_search``)."""
     from rank_search.search.records import read_records
     from rank_search.search.runner import run_search
     from rank_search.search.study import load_study
 
-    study = load_study(args.study, _overrides(args, k))
-    out = Path(args.out) / f"concurrency-{k}"
+    study = load_study(study_name, overrides)
     shutil.rmtree(out, ignore_errors=True)
-    ray.init(include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
-    try:
-        with GpuSampler() as gpu:
-            start = time.perf_counter()
-            outcome = run_search(study, out)
-            wall = time.perf_counter() - start
-    finally:
-        ray.shutdown()
+    with RecordWatcher(out) as watch:
+        start = time.perf_counter()
+        outcome = run_search(study, out)
+        end = time.perf_counter()
+        time.sleep(0.05)
     records = read_records(out)
-    fit_s = sum(r.wall_time_s for r in records)
-    train_s = sum(h["epoch_time_s"] or 0.0 for r in records for h in r.history)
+    training = {r.trial_id: sum(h.get("epoch_time_s") or 0.0 for h in r.history) for r in records}
+    order = sorted(watch.started, key=watch.started.__getitem__)
     return {
-        "concurrency": k,
-        "per_trial": f"1/{k} GPU" if not args.cpu else f"{study.resources.cpu:g} CPU",
-        "trials": len(records),
-        "completed": sum(r.status == "completed" for r in records),
-        "wall_s": round(wall, 1),
-        "trials_per_hour": round(len(records) * 3600 / wall, 1),
-        "sum_fit_s": round(fit_s, 1),
-        "sum_train_epochs_s": round(train_s, 1),
-        "mean_epoch_s": round(train_s / max(1, sum(len(r.history) for r in records)), 3),
-        "overhead_share": round(1 - fit_s / k / wall, 3),
         "status": outcome.status,
-        **gpu.summary(),
+        "trials": len(records),
+        "statuses": sorted({r.status for r in records}),
+        "wall_s": end - start,
+        "training_s": sum(training.values()),
+        "startup_s": (watch.started[order[0]] - start) if order else float("nan"),
+        "shutdown_s": end - max(watch.ended.values(), default=end),
+        "starts": [watch.started[t] - start for t in order],
+        "training_by_start": [training.get(t, 0.0) for t in order],
     }
 
 
-def bare_baseline(args: argparse.Namespace) -> dict[str, Any]:
-    """Train the uniform config at the budget with ``fit`` directly (no Ray, no Optuna)."""
-    from rank_search.data import DataOptions, load_data
-    from rank_search.search.budget import uniform_sample
+def part_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    k = args.concurrency
+    overrides = _study_overrides(args.trials, args.epochs, k, args.set)
+    run = timed_search(args.study, overrides, Path(args.out) / "throughput")
+    wall, training = run["wall_s"], run["training_s"]
+    middle = wall - run["startup_s"] - run["shutdown_s"]
+    per_trial = (middle - training / k) / max(1, run["trials"]) * k
+    row = {
+        "trials": run["trials"],
+        "epochs": args.epochs,
+        "concurrency": k,
+        "status": run["status"],
+        "statuses": run["statuses"],
+        "wall_s": round(wall, 1),
+        "training_s": round(training, 1),
+        "overhead_share": round(1 - training / (k * wall), 3),
+        "overhead_s": round(k * wall - training, 1),
+        "startup_s": round(run["startup_s"], 1),
+        "shutdown_s": round(run["shutdown_s"], 1),
+        "per_trial_overhead_s": round(per_trial, 2),
+    }
+    print("throughput:", json.dumps(row), flush=True)
+    return row
+
+
+def part_growth(args: argparse.Namespace) -> dict[str, Any]:
+    n = args.growth_trials
+    extra = ["data_options.max_train_samples=64", "train.batch_size=64", *args.set]
+    run = timed_search(args.study, _study_overrides(n, 1, 1, extra), Path(args.out) / "growth")
+    starts, training = run["starts"], run["training_by_start"]
+    per = [starts[i + 1] - starts[i] - training[i] for i in range(len(starts) - 1)]
+    quarter = max(1, len(per) // 4)
+    first, last = statistics.median(per[:quarter]), statistics.median(per[-quarter:])
+    row = {
+        "trials": run["trials"],
+        "status": run["status"],
+        "wall_s": round(run["wall_s"], 1),
+        "startup_s": round(run["startup_s"], 1),
+        "shutdown_s": round(run["shutdown_s"], 1),
+        "median_training_s": round(statistics.median(training), 3),
+        "per_trial_overhead_first_quarter_s": round(first, 3),
+        "per_trial_overhead_last_quarter_s": round(last, 3),
+        "last_over_first": round(last / first, 2),
+    }
+    print("growth:", json.dumps(row), flush=True)
+    return row
+
+
+def part_sampling(args: argparse.Namespace) -> dict[str, Any]:
+    import optuna
+
     from rank_search.search.runner import prepare
+    from rank_search.search.searcher import SpaceFunction, make_sampler
     from rank_search.search.study import load_study
-    from rank_search.train import fit, train_config_from_dict
 
-    study = load_study(args.study, _overrides(args, 1))
-    plan = prepare(study, Path(args.out) / "baseline")
-    config = plan.space.rank_config(uniform_sample(plan.space, plan.budget_macs))
-    data = load_data(study.data, DataOptions(**study.data_options))
-    if args.cpu:
-        import torch
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = load_study(args.study, [f"model={args.sampling_model}"])
+    tmp = Path(tempfile.mkdtemp(prefix="rank-search-sampling-"))
+    plan = prepare(study, tmp)
+    space_fn = SpaceFunction(plan.space, plan.budget, fill_up=True, cost=plan.cost)
 
-        torch.set_num_threads(1)
-    start = time.perf_counter()
-    result = fit(config, data, train_config_from_dict(plan.setup.train))
-    wall = time.perf_counter() - start
-    return {
-        "bare_fit_s": round(wall, 1),
-        "bare_trials_per_hour": round(3600 / wall, 1),
-        "bare_mean_epoch_s": round(statistics.fmean(s.epoch_time_s for s in result.history), 3),
-    }
+    def storages() -> Any:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        yield "memory", None
+        yield "journal", JournalStorage(JournalFileBackend(str(tmp / "optuna.journal")))
+        try:  # what the search's driver uses (issue 11), where there is one
+            from rank_search.search.runner import open_storage
+
+            yield "driver_journal", open_storage(f"journal:{tmp / 'driver.journal'}", writer=True)
+        except ImportError:
+            pass
+        yield "sqlite", optuna.storages.RDBStorage(f"sqlite:///{tmp / 'optuna.db'}")
+
+    row: dict[str, Any] = {"model": args.sampling_model, "units": len(plan.space.units)}
+    for name, storage in storages():
+        sampler = make_sampler(
+            study.sampler, seed=0, options=study.sampler_options, trials=args.sampling_trials
+        )
+        ot = optuna.create_study(storage=storage, study_name=name, sampler=sampler, direction="maximize")
+        times = []
+        for i in range(args.sampling_trials):
+            begin = time.perf_counter()
+            trial = ot.ask()
+            space_fn(trial)
+            ot.tell(trial, 0.5 + 0.001 * i)
+            times.append(time.perf_counter() - begin)
+        row[f"{name}_median_s"] = round(statistics.median(times), 3)
+        row[f"{name}_last_s"] = round(times[-1], 3)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("sampling:", json.dumps(row), flush=True)
+    return row
+
+
+def _spin() -> None:  # pragma: no cover - runs in the load processes
+    while True:
+        pass
+
+
+def _train_once(args: argparse.Namespace, out: Path) -> float:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "rank_search", "train", "--model", "resnet20", "--data", "builtin"]
+    command += [
+        "--epochs",
+        str(args.train_epochs),
+        "--batch-size",
+        "128",
+        "-o",
+        str(out),
+        "--force",
+        "--quiet",
+    ]
+    begin = time.perf_counter()
+    subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - begin
+
+
+def part_threads(args: argparse.Namespace) -> dict[str, Any]:
+    import multiprocessing
+
+    out = Path(args.out) / "train"
+    idle = _train_once(args, out)
+    load = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(os.cpu_count() or 1)]
+    for process in load:
+        process.start()
+    try:
+        busy = _train_once(args, out)
+    finally:
+        for process in load:
+            process.terminate()
+            process.join()
+    row = {"epochs": args.train_epochs, "idle_s": round(idle, 1), "busy_s": round(busy, 1)}
+    row["busy_over_idle"] = round(busy / idle, 2)
+    print("threads:", json.dumps(row), flush=True)
+    return row
+
+
+PARTS = {
+    "throughput": part_throughput,
+    "growth": part_growth,
+    "sampling": part_sampling,
+    "threads": part_threads,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--study", default="studies/resnet20-cifar10.yaml")
+    parser.add_argument("--part", nargs="+", choices=sorted(PARTS), default=list(PARTS))
+    parser.add_argument("--study", default="quickstart")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="study override")
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 2, 4], help="trials at once")
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--cpu", action="store_true", help="run on CPU (no GPU shares)")
+    parser.add_argument("--growth-trials", type=int, default=200)
+    parser.add_argument("--sampling-model", default="resnet110")
+    parser.add_argument("--sampling-trials", type=int, default=15)
+    parser.add_argument("--train-epochs", type=int, default=3)
     parser.add_argument("-o", "--out", default="runs/search-throughput")
+    parser.add_argument("--label", default="", help="a name for this run in the JSON output")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    baseline = bare_baseline(args)
-    rows = [run_setting(args, k) for k in args.concurrency]
-    report = {
-        "study": args.study,
-        "overrides": args.set,
-        "cpu": args.cpu,
-        "baseline": baseline,
-        "settings": rows,
-    }
-    (Path(args.out) / "search_throughput.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps(baseline))
-    keys = [
-        "concurrency",
-        "per_trial",
-        "wall_s",
-        "trials_per_hour",
-        "mean_epoch_s",
-        "sum_fit_s",
-        "sum_train_epochs_s",
-        "overhead_share",
-        "gpu_util_mean",
-        "gpu_util_max",
-        "gpu_memory_max_mib",
-    ]
-    print("  ".join(keys))
-    for row in rows:
-        print("  ".join(str(row[k]) for k in keys))
-    print(f"wrote {Path(args.out) / 'search_throughput.json'}")
+    report: dict[str, Any] = {"label": args.label, "cpus": os.cpu_count()}
+    for part in args.part:
+        report[part] = PARTS[part](args)
+    path = Path(args.out) / f"search_throughput{'-' + args.label if args.label else ''}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

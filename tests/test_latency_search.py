@@ -33,7 +33,7 @@ from rank_search.search.budget import (
     uniform_sample,
 )
 from rank_search.search.records import read_records
-from rank_search.search.runner import run_search
+from rank_search.search.runner import open_storage, run_search
 from rank_search.search.space import ResolvedSpace, Sample, UnitChoice, load_space, parse_space, resolve_space
 from rank_search.search.study import find_named_file, load_study, parse_study
 
@@ -235,7 +235,8 @@ def test_latency_search_end_to_end(
     assert len(records) == 3 and outcome.status == "finished"
     for record in records:
         assert record.latency_ms is not None and record.latency_ms <= budget
-    trials = optuna.load_study(study_name=manifest["study_name"], storage=manifest["storage"]).trials
+    storage = open_storage(manifest["storage"])
+    trials = optuna.load_study(study_name=manifest["study_name"], storage=storage).trials
     by_number = {r.optuna_trial_number: r for r in records}
     for trial in trials:  # front mode: the second objective is the predicted latency
         assert trial.values[1] == pytest.approx(by_number[trial.number].latency_ms)

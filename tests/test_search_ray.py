@@ -20,7 +20,7 @@ import yaml
 
 from rank_search.config import load_rank_config
 from rank_search.search.records import FINAL_STATUSES, TrialRecord, read_records
-from rank_search.search.runner import run_search
+from rank_search.search.runner import open_storage, run_search
 from rank_search.search.searcher import FAULT_ENV
 from rank_search.search.study import Study, load_study
 
@@ -41,6 +41,7 @@ MANIFEST_KEYS = {
     "space",
     "mode",
     "sampler",
+    "sampler_settings",
     "budget_macs",
     "dense_macs",
     "epochs_per_trial",
@@ -131,7 +132,9 @@ def check_output(out: Path, trials: int) -> tuple[dict[str, Any], list[TrialReco
 
 
 def optuna_trials(manifest: dict[str, Any]) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=manifest["study_name"], storage=manifest["storage"]).trials
+    return optuna.load_study(
+        study_name=manifest["study_name"], storage=open_storage(manifest["storage"])
+    ).trials
 
 
 @pytest.mark.slow
@@ -143,7 +146,12 @@ def test_search_at_budget_end_to_end_with_failing_trials(
     out = tmp_path / "out"
     outcome = run_search(study, out)
     manifest, records = check_output(out, study.trials)
-    assert manifest["storage"] == f"sqlite:///{out / 'optuna.db'}" and (out / "optuna.db").is_file()
+    assert manifest["storage"] == f"journal:{out / 'optuna.journal'}" and (out / "optuna.journal").is_file()
+    assert manifest["sampler_settings"] == {
+        "multivariate": True,
+        "constant_liar": True,
+        "n_startup_trials": 4,
+    }
     by_number = {r.optuna_trial_number: r for r in records}
     # a diverged and a crashed trial are recorded and the search goes on
     assert by_number[2].status == "diverged" and "divergence" in (by_number[2].error or "")
@@ -236,6 +244,8 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
         assert after[trial_id].status == "completed" and after[trial_id].history == record.history
     complete = [t for t in optuna_trials(manifest) if t.state.name == "COMPLETE"]
     assert len(complete) == sum(r.status == "completed" for r in records) == 4
+    # the CLI put the OpenMP wait policy into the workers' environment before torch was imported
+    assert all(r.threads == {"torch_threads": 1, "omp_wait_policy": "PASSIVE"} for r in records)
 
 
 CLUSTER_SCRIPT = textwrap.dedent(
@@ -243,7 +253,7 @@ CLUSTER_SCRIPT = textwrap.dedent(
     import json, sys
     import ray
     from ray.cluster_utils import Cluster
-    from rank_search.search.runner import run_search
+    from rank_search.search.runner import open_storage, run_search
     from rank_search.search.study import load_study
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

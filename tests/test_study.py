@@ -13,9 +13,14 @@ from rank_search.convert import list_factorizable
 from rank_search.errors import ConfigError
 from rank_search.models import create_model
 from rank_search.search.budget import Budget
-from rank_search.search.records import TrialRecord
-from rank_search.search.runner import best_record, pareto_front
-from rank_search.search.searcher import CONFIG_KEY, FAULT_ENV, TAG_ATTR, SpaceFunction, make_sampler
+from rank_search.search.searcher import (
+    CONFIG_KEY,
+    FAULT_ENV,
+    TAG_ATTR,
+    SpaceFunction,
+    default_sampler_options,
+    make_sampler,
+)
 from rank_search.search.space import load_space, resolve_space
 from rank_search.search.study import apply_overrides, load_study, parse_study
 
@@ -160,7 +165,7 @@ def test_prepare_maps_starting_points(tmp_path: Path) -> None:
     dprp_params = plan.points[1][1]
     assert dprp_params["layer1.0.conv1.ratio"] == pytest.approx(0.25)
     assert dprp_params["layer3.2.conv2.ratio"] == pytest.approx(12 / 64)
-    assert plan.storage_url == f"sqlite:///{(tmp_path / 'out' / 'optuna.db').resolve()}"
+    assert plan.storage_url == f"journal:{(tmp_path / 'out' / 'optuna.journal').resolve()}"
     assert plan.study_name.startswith("study-") and plan.budget_macs == plan.space.dense_macs // 2
     wrong = RankConfig(ModelSpec("resnet32"), (3, 16, 16), {}, provenance={"source": "dprp"})
     save_rank_config(wrong, tmp_path / "wrong.json")
@@ -206,28 +211,19 @@ def test_samplers(name: str) -> None:
         make_sampler(name, seed=3, options={"no_such_option": 1}, trials=20)
 
 
-def record(trial_id: str, status: str, acc: float | None, macs: int) -> TrialRecord:
-    return TrialRecord(
-        trial_id=trial_id,
-        epochs_planned=3,
-        rank_config={},
-        macs=macs,
-        dense_macs=100,
-        params=1,
-        status=status,
-        val_accuracy=acc,
-        epochs=3 if status == "completed" else 1,
-    )
+def test_sampler_settings_are_explicit() -> None:
+    assert default_sampler_options("tpe", 8) == {
+        "multivariate": True,
+        "constant_liar": True,
+        "n_startup_trials": 4,
+    }
+    assert default_sampler_options("tpe", 200)["n_startup_trials"] == 10
+    sampler = make_sampler("tpe", seed=0, options={"n_startup_trials": 2}, trials=40)
+    assert sampler._n_startup_trials == 2 and sampler._multivariate and sampler._constant_liar
 
 
-def test_best_and_front_use_fully_trained_trials_only() -> None:
-    records = [
-        record("a", "completed", 0.80, 50),
-        record("b", "stopped", 0.95, 40),
-        record("c", "completed", 0.85, 45),
-        record("d", "completed", 0.70, 30),
-        record("e", "failed", None, 20),
-        record("f", "completed", 0.90, 60),
-    ]
-    assert best_record(records, budget_macs=55).trial_id == "c"  # f is over budget, b under-trained
-    assert [r.trial_id for r in pareto_front(records, budget_macs=60)] == ["d", "c", "f"]
+def test_grace_period_is_only_checked_when_asha_is_on() -> None:
+    study = parse_study({**MINIMAL, "epochs_per_trial": 1, "asha": {"enabled": False, "grace_period": 2}})
+    assert study.asha.enabled is False
+    with pytest.raises(ConfigError, match="grace_period"):
+        parse_study({**MINIMAL, "epochs_per_trial": 1, "asha": {"enabled": True, "grace_period": 2}})

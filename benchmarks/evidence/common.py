@@ -178,13 +178,18 @@ def search_cost(search_dir: Path) -> SearchCost:
 
 def best_val_accuracy(search_dir: Path, fraction: float) -> tuple[float | None, str | None]:
     """Best final validation accuracy of a fully trained trial within ``fraction`` of dense MACs."""
-    from rank_search.search.runner import best_record
+    from rank_search.analysis.pareto import select_at_budget
+    from rank_search.analysis.results import load_search
+    from rank_search.errors import BudgetError
 
     records = trial_records(search_dir)
     if not records:
         return None, None
-    best = best_record(records, fraction * records[0].dense_macs)
-    return (best.val_accuracy, best.trial_id) if best is not None else (None, None)
+    try:
+        row = select_at_budget(load_search(search_dir).trials, fraction * records[0].dense_macs).iloc[0]
+    except BudgetError:
+        return None, None
+    return float(row["val_accuracy"]), str(row["trial_id"])
 
 
 # --- the uniform-ratio baseline -----------------------------------------------------------------

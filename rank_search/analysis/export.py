@@ -2,7 +2,7 @@
 
 The files are plain rank-config JSON (:func:`rank_search.config.save_rank_config`), accepted
 as-is by ``rank-search train`` and :func:`rank_search.config.load_rank_config`. Each carries
-its origin in ``provenance``: ``study``, ``trial_id``, ``optuna_trial_number``,
+its origin in ``provenance``: ``source``, ``study``, ``mode``, ``trial_id``, ``optuna_trial_number``,
 ``val_accuracy``, ``epochs``, ``search_dir``, plus ``macs``, ``budget_macs`` and ``place``
 (1 = best); under a latency budget (``axis="latency"``) ``budget_macs`` is null and
 ``latency_ms`` and ``budget_latency_ms`` are added.
@@ -49,7 +49,9 @@ def provenance(
     """Where an exported config came from (``budget_macs`` is in ms for ``axis="latency"``)."""
     number = row["optuna_trial_number"]
     out = {
+        "source": "rank-search search",
         "study": results.manifest.study_name,
+        "mode": results.manifest.mode,
         "trial_id": str(row["trial_id"]),
         "optuna_trial_number": None if pd.isna(number) else int(number),
         "val_accuracy": _json_number(float(row["val_accuracy"])),

@@ -151,13 +151,20 @@ def optuna_importances(manifest: SearchManifest, *, seed: int = 0) -> tuple[dict
         database = Path(manifest.storage.removeprefix("sqlite:///"))
         if not database.is_file():  # loading would create an empty database file
             return None, f"no Optuna database at {database}"
+    if (
+        manifest.storage.startswith("journal:")
+        and not Path(manifest.storage.removeprefix("journal:")).is_file()
+    ):
+        return None, f"no Optuna journal at {manifest.storage.removeprefix('journal:')}"
     try:
         import optuna
     except ImportError:
         return None, "optuna is not installed"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=manifest.study_name, storage=manifest.storage)
+        from ..search.runner import open_storage
+
+        study = optuna.load_study(study_name=manifest.study_name, storage=open_storage(manifest.storage))
         kwargs: dict[str, Any] = {}
         if len(study.directions) > 1:
             kwargs["target"] = lambda t: t.values[0]

@@ -36,13 +36,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RankSearchError
+from ..search.records import STATUSES as TRIAL_STATUSES
+from ..search.records import AshaSettings
 
 if TYPE_CHECKING:
     from ..convert import LayerInfo
 
 SEARCH_FORMAT = "rank-search/search"
 SEARCH_VERSION = 1
-TRIAL_STATUSES = ("running", "completed", "stopped", "failed", "diverged")
 REQUIRED_TRIAL_KEYS = ("trial_id", "status", "epochs", "epochs_planned", "rank_config")
 RAW_RANK_COLUMNS = {"rank_in": "rank_in", "rank_out": "rank_out", "rank": "svd_rank"}
 
@@ -54,25 +55,6 @@ class SearchDirError(RankSearchError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
-
-
-@dataclass(frozen=True)
-class AshaSettings:
-    """The ASHA scheduler settings a search ran with."""
-
-    enabled: bool = False
-    grace_period: int = 1
-    reduction_factor: int = 3
-
-    def rungs(self, epochs: int) -> list[int]:
-        """Epochs at which ASHA compares trials: ``grace_period * reduction_factor**k < epochs``."""
-        if not self.enabled or self.grace_period < 1 or self.reduction_factor < 2:
-            return []
-        out, rung = [], self.grace_period
-        while rung < epochs:
-            out.append(rung)
-            rung *= self.reduction_factor
-        return out
 
 
 @dataclass(frozen=True)
@@ -155,11 +137,11 @@ def _opt_float(value: Any) -> float | None:
 
 def _parse_asha(data: Any) -> AshaSettings:
     if not isinstance(data, Mapping):
-        return AshaSettings()
+        return AshaSettings(enabled=False)
     return AshaSettings(
         enabled=bool(data.get("enabled", False)),
         grace_period=_opt_int(data.get("grace_period")) or 1,
-        reduction_factor=_opt_int(data.get("reduction_factor")) or 3,
+        reduction_factor=_opt_float(data.get("reduction_factor")) or 3.0,
     )
 
 

@@ -47,6 +47,9 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rank-search`` console script."""
+    from ..threads import prepare_process
+
+    prepare_process()  # OMP_WAIT_POLICY, before any subcommand imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

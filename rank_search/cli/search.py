@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import Any
 
 from ._table import format_table, human
@@ -36,8 +37,18 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--address", metavar="ADDR", help="join an existing Ray cluster (e.g. 'auto' or HOST:6379)"
     )
-    p.add_argument("--verbose", action="store_true", help="show Ray's trial table and the trials' own output")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's and Optuna's own messages, the trial table and the trials' output",
+    )
     p.set_defaults(run=run_search_command)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that continues this search (its saved study wins, so no --set is repeated)."""
+    address = f" --address {shlex.quote(args.address)}" if args.address else ""
+    return f"rank-search search {shlex.quote(args.study)} -o {shlex.quote(str(args.out))} --resume{address}"
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -45,20 +56,26 @@ def run_search_command(args: argparse.Namespace) -> int:
     from ..search.study import load_study
 
     study = load_study(args.study, args.overrides)
-    outcome = run_search(
-        study,
-        args.out,
-        resume=args.resume,
-        address=args.address,
-        verbose=args.verbose,
-        retry_failed=args.retry_failed,
-    )
+    try:
+        outcome = run_search(
+            study,
+            args.out,
+            resume=args.resume,
+            address=args.address,
+            verbose=args.verbose,
+            retry_failed=args.retry_failed,
+        )
+    except KeyboardInterrupt:
+        print(f"\nsearch interrupted; continue it with:\n  {resume_command(args)}", flush=True)
+        raise
     counts: dict[str, int] = {}
     for record in outcome.records:
         counts[record.status] = counts.get(record.status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"\nsearch {outcome.status}: {len(outcome.records)} trials ({summary})")
     print(f"results: {outcome.out_dir} (trial records in {outcome.out_dir / 'trials'})")
+    if outcome.status == "interrupted":
+        print(f"continue the search with:\n  {resume_command(args)}")
     if study.mode == "front" and outcome.front:
         rows = [(r.trial_id, r.macs, human(r.macs), round(r.val_accuracy or 0.0, 4)) for r in outcome.front]
         print(

@@ -58,6 +58,9 @@ def _add_train_flags(g: Any) -> None:
         help="override the config's regularizer schedule",
     )
     g.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0: end only)")
+    g.add_argument(
+        "--threads", type=int, metavar="N", help="torch threads (default: the CPUs this process may use)"
+    )
 
 
 def _add_data_flags(g: Any) -> None:
@@ -114,10 +117,14 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..data import DataOptions
+    from ..threads import use_threads
     from ..train.run import TrainJob, run_training
 
     if (args.config is None) == (args.model is None):
         raise ConfigError("give either CONFIG.json or --model NAME (not both)", key="config")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"must be at least 1, got {args.threads}", key="--threads")
+    use_threads(args.threads)
     options = DataOptions(
         val_fraction=args.val_fraction,
         split_seed=args.split_seed,

@@ -200,11 +200,6 @@ class ResidentDataset(Dataset):
             self._placed[key] = (images.to(key[1]), labels.to(key[1]))
         return self._placed[key]
 
-    def release(self, device: torch.device | str | None = None) -> None:
-        """Forget the copies on ``device`` (all devices when None)."""
-        target = None if device is None else _device(device)
-        self._placed = {key: value for key, value in self._placed.items() if target not in (None, key[1])}
-
     def _uint8_batches(
         self,
         split: str,

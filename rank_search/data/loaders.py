@@ -74,8 +74,24 @@ def _resident(
     )
 
 
+def _builtin_cache(opts: DataOptions) -> Path:
+    """The decoded built-in digits in the data cache: no scikit-learn import (seconds) in every
+    process that loads them (the search's driver and each worker). Keyed by scikit-learn's version
+    and the built-in data's settings."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .sources import BUILTIN_SIZE, BUILTIN_TEST_FRACTION, BUILTIN_TEST_SEED
+
+    try:
+        sklearn = version("scikit-learn")
+    except PackageNotFoundError:
+        sklearn = "unknown"
+    key = f"sklearn-{sklearn}-{BUILTIN_SIZE}-{BUILTIN_TEST_FRACTION}-{BUILTIN_TEST_SEED}"
+    return cache_file(opts.resolved_cache_dir(), "builtin", Path("/builtin"), None, key)
+
+
 def _load_builtin(opts: DataOptions) -> ResidentDataset:
-    source = read_builtin()
+    source = cached_source(_builtin_cache(opts), read_builtin)
     channels = source.image_shape[0]
     mean = float(source.train_x.mean()) / 255.0
     std = float(source.train_x.std()) / 255.0

@@ -1,4 +1,8 @@
-"""Driver-side Tune callback: finalizes trial records and prints one line per trial (imports Ray)."""
+"""Driver-side Tune callback: finalizes trial records and prints one line per trial (imports Ray).
+
+O(1) per event: a trial's own record is read and written once when it ends, and the count of
+ended trials is kept in memory (counted once from the files at setup, for a resumed search).
+"""
 
 from __future__ import annotations
 
@@ -66,18 +70,17 @@ class RecordCallback(Callback):  # type: ignore[misc]
         self.dense_macs, self.quiet = dense_macs, quiet
         self._start = time.time()
 
+        self._ended: set[str] = set()
+
     def setup(self, **info: Any) -> None:  # type: ignore[override]
         self._start = time.time()
-
-    def _done(self) -> int:
         folder = Path(self.out_dir) / "trials"
-        done = 0
         for path in folder.glob("*.json"):
             try:
-                done += read_record(path).status in FINAL_STATUSES
+                if read_record(path).status in FINAL_STATUSES:
+                    self._ended.add(path.stem)
             except (OSError, ValueError):
                 continue
-        return done
 
     def _print(self, record: TrialRecord) -> None:
         if self.quiet:
@@ -89,7 +92,7 @@ class RecordCallback(Callback):  # type: ignore[misc]
         latency = f"  {record.latency_ms:.3f} ms" if record.latency_ms is not None else ""
         minutes = (time.time() - self._start) / 60
         print(
-            f"[{self._done():>3}/{self.total}] {minutes:6.1f} min  trial {record.trial_id} "
+            f"[{len(self._ended):>3}/{self.total}] {minutes:6.1f} min  trial {record.trial_id} "
             f"#{record.optuna_trial_number}  {record.status:<9} "
             f"epochs {record.epochs}/{record.epochs_planned}  "
             f"val_acc {acc}  MACs {record.macs:,} ({frac:.3f}){latency}{tags}{error}",
@@ -98,22 +101,35 @@ class RecordCallback(Callback):  # type: ignore[misc]
         )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         self._print(finalize_record(self.out_dir, trial, self.epochs, None))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._ended.add(trial.trial_id)
         self._print(finalize_record(self.out_dir, trial, self.epochs, _error_text(trial)))
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        """Finalize records of ended trials and set aside records of trials Ray no longer knows
-        (started after the last experiment checkpoint before the driver was killed)."""
+        """Finalize records of ended trials, mark trials still running ``interrupted`` (the search
+        stopped under them: Ctrl-C) and set aside records of unfinished trials Ray no longer knows
+        (started after its last experiment snapshot before the driver was killed; their Optuna
+        trials are failed at the end). A finished record Ray does not know is kept: it counts."""
         known = {t.trial_id: t for t in trials}
         folder = Path(self.out_dir) / "trials"
         for path in sorted(folder.glob("*.json")):
             trial = known.get(path.stem)
+            if trial is None and read_record(path).status in FINAL_STATUSES:
+                continue
             if trial is None:
                 lost = folder / "lost"
                 lost.mkdir(exist_ok=True)
                 shutil.move(str(path), lost / path.name)
-            elif trial.status in ("TERMINATED", "ERROR") and read_record(path).status not in FINAL_STATUSES:
+                continue
+            record = read_record(path)
+            if record.status in FINAL_STATUSES:
+                continue
+            if trial.status in ("TERMINATED", "ERROR"):
                 error = _error_text(trial) if trial.status == "ERROR" else None
                 finalize_record(self.out_dir, trial, self.epochs, error)
+            else:
+                record.status = "interrupted"
+                write_record(self.out_dir, record)

@@ -4,7 +4,7 @@ The trainable rewrites its record after every epoch; a driver-side callback fina
 when the trial completes, is stopped by ASHA, or errors. Schema (version 1)::
 
     {"trial_id": str, "optuna_trial_number": int | null,
-     "status": "running" | "completed" | "stopped" | "failed" | "diverged",
+     "status": "running" | "completed" | "stopped" | "failed" | "diverged" | "interrupted",
      "epochs": int (reached), "epochs_planned": int, "tags": ["uniform" | "dprp" | ...],
      "rank_config": RankConfig.to_dict(), "sampled": {optuna params},
      "macs": int, "dense_macs": int, "params": int,
@@ -13,9 +13,12 @@ when the trial completes, is stopped by ASHA, or errors. Schema (version 1)::
      "history": [{"epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs",
                   "params", "lr"}],
      "wall_time_s": float, "node_id": str | null, "error": str | null,
+     "threads": {"torch_threads": int, "omp_wait_policy": str | null} (the trial's process),
      "projection": {"projected": bool, "scale": float, "sampled_macs": int,
                     "sampled_layers": {layer: {"format", ranks...}}}}
 
+Statuses: ``stopped`` is early-stopped by ASHA; ``interrupted`` is a trial the search was
+interrupted in (Ctrl-C), continued by ``--resume``. ``threads`` is an addition (issue 11).
 ``projection`` is an addition: the sampled config before it was repaired onto the budget.
 ``latency_ms`` is an addition: the config's latency predicted from the search's latency table
 (ms per batch on the budget's device; ``projection.sampled_latency_ms`` before repair); null
@@ -33,6 +36,7 @@ from typing import Any
 from .._io import atomic_write_json
 
 __all__ = [
+    "AshaSettings",
     "FINAL_STATUSES",
     "STATUSES",
     "TrialRecord",
@@ -42,8 +46,30 @@ __all__ = [
     "write_record",
 ]
 
-STATUSES = ("running", "completed", "stopped", "failed", "diverged")
+STATUSES = ("running", "completed", "stopped", "failed", "diverged", "interrupted")
 FINAL_STATUSES = ("completed", "stopped", "failed", "diverged")
+
+
+@dataclass(frozen=True)
+class AshaSettings:
+    """Asynchronous successive halving over epochs (``training_iteration``): the study's ``asha``
+    and ``search.json``'s ``asha`` (one definition for the search and the analysis)."""
+
+    enabled: bool = True
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    def rungs(self, epochs: int) -> list[int]:
+        """Epochs at which ASHA compares trials: ``grace_period * reduction_factor**k < epochs``."""
+        if not self.enabled or self.grace_period < 1 or self.reduction_factor <= 1:
+            return []
+        out, rung = [], float(self.grace_period)
+        while rung < epochs:
+            out.append(int(rung))
+            rung *= self.reduction_factor
+        return out
+
+
 HISTORY_KEYS = ("epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs", "params", "lr")
 
 
@@ -70,6 +96,7 @@ class TrialRecord:
     error: str | None = None
     projection: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
+    threads: dict[str, Any] = field(default_factory=dict)
 
     def add_epoch(self, entry: dict[str, Any]) -> None:
         """Append one epoch (keys :data:`HISTORY_KEYS`) and update the accuracy fields."""

@@ -4,7 +4,9 @@ Output directory ``DIR`` (read by the analysis code; keep the layout)::
 
     DIR/search.json        manifest (atomic; status running | finished | interrupted)
     DIR/study.yaml         the resolved study (after --set, defaults filled in)
-    DIR/optuna.db          default Optuna storage (SQLite; only the driver writes)
+    DIR/optuna.journal     default Optuna storage (a journal file: an append per operation, a few
+                           ms a trial; only the driver writes; ``search.json`` names it as
+                           ``journal:<path>``; a ``storage:`` SQLAlchemy URL in the study still works)
     DIR/ray/<study_name>/  Ray experiment (trial checkpoints; what --resume restores)
     DIR/trials/<id>.json   one record per trial (see records.py); trials/lost/ holds records of
                            trials a killed driver had started after Ray's last checkpoint
@@ -13,17 +15,27 @@ Output directory ``DIR`` (read by the analysis code; keep the layout)::
 Before anything launches: the study, space, data, budget (:class:`BudgetError` with the
 smallest reachable budget) and starting points are checked; a latency budget's table is
 prefilled then, in the driver, before any trial trains (trials only look latencies up). Locally
-Ray is started with ``include_dashboard=False`` and a small object store and shut down in
-``finally``; with an address the search joins that cluster, and ``DIR`` must then be on a path
-every node sees.
+Ray is started with ``include_dashboard=False``, a small object store and the CPUs
+:func:`rank_search.threads.ray_cpus` gives it, and shut down in ``finally``; with an address the
+search joins that cluster, and ``DIR`` must then be on a path every node sees. Workers get the
+OpenMP wait policy through the runtime environment (:mod:`rank_search.threads`).
+
+Cost of the plumbing (issue 11): a trial checkpoints only every ``CHECKPOINT_INTERVAL_S`` (what a
+resume after a kill continues from; a finished trial is known from its record, see
+:mod:`.trainable`), so Ray's forced experiment snapshot (``num_to_keep=1``) no longer follows
+every epoch and its warning about frequent snapshots stays on; Tune's CSV/JSON/TensorBoard
+loggers are off unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0`` is set; Optuna writes to a journal.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +45,7 @@ from .._rundir import refuse_other_kind
 from .._version import __version__
 from ..errors import ConfigError, RankSearchError
 from .budget import MACS, CostModel, LatencyCost, check_budget, uniform_sample
-from .records import TrialRecord, read_records
+from .records import FINAL_STATUSES, TrialRecord, read_records
 from .space import ResolvedSpace, load_space, resolve_space
 from .study import Study, parse_study
 from .trainable import TrialSetup
@@ -41,12 +53,15 @@ from .trainable import TrialSetup
 if TYPE_CHECKING:
     from ..latency import LatencyBudget
 
-__all__ = ["SearchOutcome", "SearchPlan", "best_record", "pareto_front", "prepare", "run_search"]
+__all__ = ["SearchOutcome", "SearchPlan", "open_storage", "prepare", "run_search"]
 
 MANIFEST = "search.json"
 FORMAT_ID = "rank-search/search"
 METRIC = "val_accuracy"
 OBJECT_STORE_BYTES = 256 * 2**20
+CHECKPOINT_INTERVAL_S = 600.0
+"""A trial checkpoints after an epoch ending this long after its start or last checkpoint."""
+JOURNAL_PREFIX = "journal:"
 
 
 @dataclass
@@ -187,6 +202,7 @@ def prepare(
         _train_settings(study),
         space.dense_macs,
         cpus=study.resources.cpu,
+        checkpoint_interval_s=CHECKPOINT_INTERVAL_S,
     )
     return SearchPlan(
         study=study,
@@ -194,12 +210,38 @@ def prepare(
         space=space,
         budget_macs=budget_macs,
         study_name=study_name or f"{study.name}-{_timestamp()}",
-        storage_url=storage_url or _absolute_sqlite(study.storage) or f"sqlite:///{out / 'optuna.db'}",
+        storage_url=storage_url or _absolute_sqlite(study.storage) or _default_storage(out),
         points=_starting_points(study, space, budget, cost),
         setup=setup,
         cost=cost,
         latency=study.budget.latency,
     )
+
+
+def _default_storage(out: Path) -> str:
+    return f"{JOURNAL_PREFIX}{out / 'optuna.journal'}"
+
+
+def open_storage(url: str, *, writer: bool = False) -> Any:
+    """The Optuna storage ``url`` names: ``journal:<path>`` (a journal file) or a SQLAlchemy URL.
+
+    ``writer=True`` (the search driver, the journal's only writer): appends take no file lock
+    and no ``fsync``; a write sits in the page cache, so a killed driver loses nothing (a machine
+    crash may lose the last writes). This is what keeps sampling a trial in milliseconds per
+    operation on a busy disk. The file is Optuna's ordinary journal format either way.
+    """
+    import optuna
+
+    if url.startswith(JOURNAL_PREFIX):
+        path = url[len(JOURNAL_PREFIX) :]
+        if writer:
+            from .optuna_search import DriverJournal  # module level: the searcher is pickled
+
+            return optuna.storages.JournalStorage(DriverJournal(path))
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    return optuna.storages.RDBStorage(url)
 
 
 def _budget_cost(study: Study, space: ResolvedSpace) -> tuple[int | None, CostModel]:
@@ -231,6 +273,7 @@ def _manifest(plan: SearchPlan, status: str, started: str, finished: str | None)
         "space": str(study.space_path()),
         "mode": study.mode,
         "sampler": study.sampler,
+        "sampler_settings": sampler_settings(study),
         "budget_macs": plan.budget_macs,
         "dense_macs": plan.space.dense_macs,
         "epochs_per_trial": study.epochs_per_trial,
@@ -279,23 +322,45 @@ def _write_study(plan: SearchPlan) -> None:
 # --- Ray ------------------------------------------------------------------------------------------
 
 
+def _say(message: str) -> None:
+    """A progress line (the first trial line comes only after a trial's first epoch)."""
+    print(f"rank-search: {message}", file=sys.stdout, flush=True)
+
+
 def _init_ray(address: str | None, verbose: bool) -> bool:
     """Start (or join) Ray unless it is running in this process; True if we must shut it down."""
+    from ..threads import prepare_process, ray_cpus, worker_env
+
+    prepare_process()  # local workers inherit the driver's environment
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # experiment snapshots after every trial checkpoint are wanted (resume loses less): no warning
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1":  # so the ResultGrid finds no
+        # result.json; we never read it (the trial records are the results): no warning about it
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if not verbose:  # the old reporter honours verbose=0: no config box, no TensorBoard hint
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # Tuner.restore hint: we print ours
     import ray
 
     if ray.is_initialized():
         return False
+    runtime_env = {"env_vars": worker_env()}
+    level = logging.INFO if verbose else logging.WARNING
     if address:
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env, logging_level=level)
     else:  # "local": always a fresh cluster, never one left running on this machine (or a killed driver's)
+        # a throwaway cluster on this machine: no auth token written into ~/.ray (RAY_AUTH_MODE wins)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        cpus = ray_cpus()
+        _say(f"starting a local Ray cluster with {cpus} CPUs ...")
         ray.init(
             address="local",
+            logging_level=level,
+            num_cpus=cpus,
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
             log_to_driver=verbose,
+            runtime_env=runtime_env,
         )
     return True
 
@@ -317,23 +382,30 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _searcher(plan: SearchPlan) -> Any:
-    import optuna
+def sampler_settings(study: Study) -> dict[str, Any]:
+    """The sampler's keyword arguments: explicit defaults, then the study's ``sampler_options``."""
+    from .searcher import default_sampler_options
 
+    return {**default_sampler_options(study.sampler, study.trials), **study.sampler_options}
+
+
+def _searcher(plan: SearchPlan) -> Any:
     from .optuna_search import RankOptunaSearch
     from .searcher import SpaceFunction, make_sampler
 
     study = plan.study
     front = study.mode == "front"
-    sampler = make_sampler(study.sampler, seed=study.seed, options=study.sampler_options, trials=study.trials)
+    options = sampler_settings(study)
+    sampler = make_sampler(study.sampler, seed=study.seed, options=options, trials=study.trials)
     return RankOptunaSearch(
         SpaceFunction(plan.space, plan.budget, fill_up=not front, cost=plan.cost),
         tagged_points=plan.points,
         max_epochs=study.epochs_per_trial,
+        total_trials=study.trials,
         metric=[METRIC, plan.cost.metric] if front else METRIC,
         mode=["max", "min"] if front else "max",
         sampler=sampler,
-        storage=optuna.storages.RDBStorage(plan.storage_url),
+        storage=open_storage(plan.storage_url, writer=True),
         study_name=plan.study_name,
     )
 
@@ -364,11 +436,13 @@ def _trainable(plan: SearchPlan) -> Any:
 
 
 def _new_tuner(plan: SearchPlan, verbose: bool) -> Any:
+    import optuna
     from ray import tune
 
     from .callbacks import RecordCallback
 
     study = plan.study
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
     tune_config = tune.TuneConfig(
         search_alg=_searcher(plan),
         scheduler=_scheduler(study),
@@ -406,7 +480,7 @@ def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
     """Optuna trials left RUNNING by a killed driver (never run by Ray) are marked FAIL."""
     import optuna
 
-    study = optuna.load_study(study_name=plan.study_name, storage=plan.storage_url)
+    study = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan.storage_url))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
@@ -414,75 +488,36 @@ def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
 # --- results --------------------------------------------------------------------------------------
 
 
-def _record_cost(record: TrialRecord, axis: str) -> float:
-    """The record's MACs (``axis="macs"``) or predicted latency in ms (``"latency"``; inf if absent)."""
+def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
+    """Select the best trial and write ``best.json`` through the analysis code, the one owner of
+    selection (:func:`rank_search.analysis.pareto.select_at_budget`: fully trained, cost within
+    the budget, best val_accuracy, ties to the cheaper) and of the exported provenance
+    (:func:`rank_search.analysis.export.export_best`)."""
+    from ..analysis.export import export_best
+    from ..analysis.pareto import pareto_front, select_at_budget
+    from ..analysis.results import load_search
+    from ..errors import BudgetError
+
+    records = read_records(plan.out_dir)
+    by_id = {r.trial_id: r for r in records}
+    results = load_search(plan.out_dir)
+    front = [
+        by_id[str(t)] for t in pareto_front(results.trials, axis=plan.axis)["trial_id"] if str(t) in by_id
+    ]
+    front = [r for r in front if _cost(r, plan.axis) <= plan.budget]
+    try:
+        chosen = select_at_budget(results.trials, plan.budget, axis=plan.axis)
+    except BudgetError:
+        return SearchOutcome(plan.out_dir, status, records, None, None, front)
+    best_path = export_best(results, plan.budget, plan.out_dir / "best.json", axis=plan.axis)[0]
+    best = by_id[str(chosen.iloc[0]["trial_id"])]
+    return SearchOutcome(plan.out_dir, status, records, best, best_path, front)
+
+
+def _cost(record: TrialRecord, axis: str) -> float:
     if axis == "macs":
         return record.macs
     return math.inf if record.latency_ms is None else record.latency_ms
-
-
-def _within(records: list[TrialRecord], budget: float, axis: str) -> list[TrialRecord]:
-    return [
-        r
-        for r in records
-        if r.status == "completed" and r.val_accuracy is not None and _record_cost(r, axis) <= budget
-    ]
-
-
-def best_record(records: list[TrialRecord], budget_macs: float, *, axis: str = "macs") -> TrialRecord | None:
-    """The fully trained trial with the highest final val_accuracy within the budget (ties: cheaper).
-
-    ``budget_macs`` is in the unit of ``axis``: MACs, or ms of predicted latency for ``"latency"``.
-    """
-    done = _within(records, budget_macs, axis)
-    return max(done, key=lambda r: (r.val_accuracy, -_record_cost(r, axis)), default=None)
-
-
-def pareto_front(records: list[TrialRecord], budget_macs: float, *, axis: str = "macs") -> list[TrialRecord]:
-    """Fully trained trials not beaten on both val_accuracy (max) and cost (min: MACs, or predicted
-    latency for ``axis="latency"``), cheapest first."""
-    done = _within(records, budget_macs, axis)
-    front: list[TrialRecord] = []
-    for record in sorted(done, key=lambda r: (_record_cost(r, axis), -(r.val_accuracy or 0))):
-        if not front or (record.val_accuracy or 0) > (front[-1].val_accuracy or 0):
-            front.append(record)
-    return front
-
-
-def _export_best(plan: SearchPlan, best: TrialRecord) -> Path:
-    from ..config import rank_config_from_dict, save_rank_config
-
-    config = rank_config_from_dict(best.rank_config)
-    config.provenance = {
-        **config.provenance,
-        "source": "rank-search search",
-        "study": plan.study.name,
-        "study_name": plan.study_name,
-        "search_dir": str(plan.out_dir),
-        "trial_id": best.trial_id,
-        "optuna_trial_number": best.optuna_trial_number,
-        "val_accuracy": best.val_accuracy,
-        "epochs": best.epochs,
-        "mode": plan.study.mode,
-        "budget_macs": plan.budget_macs,
-        "tags": best.tags,
-    }
-    if plan.latency is not None:
-        config.provenance.update(
-            latency_ms=best.latency_ms,
-            budget_latency_ms=plan.latency.latency_ms,
-            latency_device=plan.latency.device,
-            latency_batch_size=plan.latency.batch_size,
-        )
-    return save_rank_config(config, plan.out_dir / "best.json")
-
-
-def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
-    records = read_records(plan.out_dir)
-    best = best_record(records, plan.budget, axis=plan.axis)
-    best_path = _export_best(plan, best) if best is not None else None
-    front = pareto_front(records, plan.budget, axis=plan.axis)
-    return SearchOutcome(plan.out_dir, status, records, best, best_path, front)
 
 
 # --- entry point ----------------------------------------------------------------------------------
@@ -515,6 +550,8 @@ def run_search(
 ) -> SearchOutcome:
     """Run (or resume) ``study`` with results in ``out_dir``; see the module docstring."""
     out = Path(out_dir).resolve()
+    begin = time.perf_counter()
+    _say(f"checking the study, data and budget of {study.name} ...")
     plan, started = _plan_for(study, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -524,9 +561,18 @@ def run_search(
     shutdown = _init_ray(address, verbose)
     try:
         tuner = _restored_tuner(plan, retry_failed) if resume else _new_tuner(plan, verbose)
-        results = tuner.fit()
-        ended = results.num_terminated + results.num_errors
-        status = "finished" if ended >= plan.study.trials else "interrupted"
+        _say(
+            f"{'resuming' if resume else 'running'} {plan.study.trials} trials of "
+            f"{plan.study.epochs_per_trial} epochs ({time.perf_counter() - begin:.0f} s to start); "
+            "a line per trial as it ends"
+        )
+        tuner.fit()
+        # the records count (a trial that ended after Ray's last snapshot of a killed driver is
+        # kept from its record, not rerun): every planned trial ended, and none was cut off
+        records = read_records(plan.out_dir)
+        ended = sum(r.status in FINAL_STATUSES for r in records)
+        cut = any(r.status in ("running", "interrupted") for r in records)
+        status = "finished" if ended >= plan.study.trials and not cut else "interrupted"
         if status == "finished":
             _fail_orphaned_optuna_trials(plan)
         outcome = _finish(plan, status)

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from .budget import MACS, CostModel, Projection, project
 from .space import ResolvedSpace
 
-__all__ = ["CONFIG_KEY", "FAULT_ENV", "TAG_ATTR", "SpaceFunction", "make_sampler"]
+__all__ = ["CONFIG_KEY", "FAULT_ENV", "TAG_ATTR", "SpaceFunction", "default_sampler_options", "make_sampler"]
 
 CONFIG_KEY = "rank_search"
 TAG_ATTR = "rank_search_tag"
@@ -109,13 +109,22 @@ def _layer_dicts(specs: dict[str, LayerSpec]) -> dict[str, dict[str, Any]]:
     return {name: spec.to_dict() for name, spec in specs.items()}
 
 
+def default_sampler_options(name: str, trials: int) -> dict[str, Any]:
+    """Explicit sampler settings (recorded in ``search.json``; Optuna's defaults moved between
+    versions). TPE: multivariate with constant liar (trials run concurrently) and a quarter of the
+    trials, 4 to 10, sampled at random first; NSGA-II: a population of a quarter, 4 to 16."""
+    if name == "tpe":
+        return {"multivariate": True, "constant_liar": True, "n_startup_trials": max(4, min(10, trials // 4))}
+    if name == "nsga2":
+        return {"population_size": max(4, min(16, trials // 4))}
+    return {}
+
+
 def make_sampler(name: str, *, seed: int, options: dict[str, Any], trials: int) -> Any:
-    """A seeded Optuna sampler: tpe | nsga2 (small population by default) | gp | random."""
+    """A seeded Optuna sampler: tpe | nsga2 | gp | random (see :func:`default_sampler_options`)."""
     import optuna
 
-    kwargs = dict(options)
-    if name == "nsga2":
-        kwargs.setdefault("population_size", max(4, min(16, trials // 4)))
+    kwargs = {**default_sampler_options(name, trials), **options}
     classes = {
         "tpe": optuna.samplers.TPESampler,
         "nsga2": optuna.samplers.NSGAIISampler,

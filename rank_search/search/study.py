@@ -43,6 +43,7 @@ from typing import Any
 from .._validate import as_int, check_keys, require
 from ..errors import ConfigError
 from .budget import Budget, parse_budget
+from .records import AshaSettings
 
 __all__ = [
     "MODES",
@@ -80,15 +81,6 @@ _TOP_KEYS = (
     "starting_points",
 )
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass(frozen=True)
-class AshaSettings:
-    """Asynchronous successive halving over epochs (``training_iteration``)."""
-
-    enabled: bool = True
-    grace_period: int = 1
-    reduction_factor: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -305,7 +297,7 @@ def _asha(data: Any, epochs: int) -> AshaSettings:
     if not isinstance(enabled, bool):
         raise ConfigError(f"expected true or false, got {enabled!r}", key="asha.enabled")
     grace = as_int(data.get("grace_period", 1), "asha.grace_period", 1)
-    if grace > epochs:
+    if enabled and grace > epochs:  # a disabled scheduler's grace period is never used
         raise ConfigError(f"grace_period {grace} exceeds epochs_per_trial {epochs}", key="asha.grace_period")
     factor = _number(data.get("reduction_factor", 3), "asha.reduction_factor")
     if factor <= 1:

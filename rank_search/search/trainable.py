@@ -1,20 +1,30 @@
 """The Ray Tune function trainable: a thin adapter around :func:`rank_search.train.fit`.
 
-Per trial: build the rank config planned by the searcher, load the (disk-cached) data, train
-for ``epochs_per_trial`` epochs and after every epoch write the trial record, then report
-``val_accuracy`` and ``macs`` (and the predicted ``latency_ms`` under a latency budget) with a
-checkpoint (``ray.tune.report``, never ``ray.train.report``). A resumed trial continues from
-its last checkpoint. Non-finite metrics are never reported: a diverged trial is recorded as
-such and raises :class:`TrialDiverged`, so Ray and Optuna mark it failed and the search goes
-on.
+Per trial: build the rank config planned by the searcher, take the data from this worker
+process's cache (loaded once per process and data spec; a resident dataset keeps its copy on
+each device it was used on, so on a GPU the upload also happens once per process), train for
+``epochs_per_trial`` epochs and after every epoch write the trial record, then report
+``val_accuracy`` and ``macs`` (and the predicted ``latency_ms`` under a latency budget)
+(``ray.tune.report``, never ``ray.train.report``). A checkpoint goes with a report only when
+``checkpoint_interval_s`` passed since the trial's last one (:meth:`TrialSetup.wants_checkpoint`),
+so a long trial killed with the driver continues from it; ASHA never resumes a stopped trial,
+so rungs need none. The trial record is the source of truth for what finished: a trial that Ray
+restarts on ``--resume`` although its record already says ``completed`` or ``stopped`` (the
+driver was killed before Ray's next experiment snapshot) replays its recorded epochs to Tune
+without training. A resumed trial with a checkpoint continues from it. Torch uses as many
+threads as the trial has CPUs (:mod:`rank_search.threads`).
+Non-finite metrics are never reported: a diverged trial is recorded as such and raises
+:class:`TrialDiverged`, so Ray and Optuna mark it failed and the search goes on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +34,7 @@ from .searcher import CONFIG_KEY
 
 if TYPE_CHECKING:
     from ..config import RankConfig
+    from ..data import Dataset
     from ..train import EpochStats, TrainState
 
 __all__ = ["TrialDiverged", "TrialSetup", "train_trial"]
@@ -48,6 +59,26 @@ class TrialSetup:
     train: dict[str, Any]  # TrainConfig fields, epochs and seed included
     dense_macs: int
     cpus: float = 1.0
+    checkpoint_interval_s: float = 600.0  # an epoch ending this long after the last checkpoint saves one
+
+    def wants_checkpoint(self, epoch: int, since_last_s: float) -> bool:
+        """Whether the report after ``epoch`` carries a checkpoint (not after the last epoch: the
+        record holds the finished trial)."""
+        return epoch < int(self.train["epochs"]) and since_last_s >= self.checkpoint_interval_s
+
+
+_DATASETS: dict[str, Dataset] = {}
+"""This worker process's datasets, by data spec and options (Ray reuses actors across trials)."""
+
+
+def cached_data(setup: TrialSetup) -> Dataset:
+    """The dataset of ``setup``, loaded once per process."""
+    from ..data import DataOptions, load_data
+
+    key = json.dumps([setup.data, setup.data_options], sort_keys=True, default=str)
+    if key not in _DATASETS:
+        _DATASETS[key] = load_data(setup.data, DataOptions(**setup.data_options))
+    return _DATASETS[key]
 
 
 def planned_rank_config(plan: dict[str, Any], setup: TrialSetup) -> RankConfig:
@@ -90,6 +121,7 @@ class _EpochReporter:
 
     def __init__(self, setup: TrialSetup, record: TrialRecord, fault: str | None) -> None:
         self.setup, self.record, self.fault = setup, record, fault
+        self.last_checkpoint = time.monotonic()
 
     def __call__(self, stats: EpochStats, state: TrainState) -> None:
         from ray import tune
@@ -116,9 +148,13 @@ class _EpochReporter:
         }
         if record.latency_ms is not None:  # predicted, from the latency table (latency budgets)
             metrics["latency_ms"] = float(record.latency_ms)
+        if not self.setup.wants_checkpoint(int(stats.epoch), time.monotonic() - self.last_checkpoint):
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory(prefix="rank-search-ckpt-") as tmp:
             state.save(Path(tmp) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        self.last_checkpoint = time.monotonic()
 
     def fail(self, status: str, message: str) -> None:
         self.record.status = status
@@ -148,6 +184,19 @@ def _restore_checkpoint(work: Path) -> Path | None:
     return target
 
 
+def _replay(record: TrialRecord) -> None:
+    """Report a finished trial's recorded epochs to Tune again, without training (see above)."""
+    from ray import tune
+
+    for row in record.history:
+        keys = ("val_accuracy", "train_loss", "epoch_time_s")
+        metrics = {k: row[k] for k in keys if row.get(k) is not None}
+        metrics.update(macs=int(record.macs), params=int(record.params), epoch=int(row["epoch"]))
+        if record.latency_ms is not None:
+            metrics["latency_ms"] = float(record.latency_ms)
+        tune.report(metrics)
+
+
 def _trial_identity() -> tuple[str, str | None]:
     import ray
     from ray import tune
@@ -173,23 +222,25 @@ def _trial_gpu_share() -> float | None:
 
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Ray Tune function trainable: train one planned rank config (see the module docstring)."""
-    import torch
-
-    from ..data import DataOptions, load_data
+    from ..threads import thread_report, use_threads
     from ..train import fit, train_config_from_dict
 
     plan = config[CONFIG_KEY]
     trial_id, node_id = _trial_identity()
-    torch.set_num_threads(max(1, int(setup.cpus)))
+    use_threads(setup.cpus)
     from ..train import apply_gpu_share
 
     apply_gpu_share(_trial_gpu_share())  # cap memory, no cuDNN autotuning on a shared GPU
     rank_config = planned_rank_config(plan, setup)
     record = new_record(trial_id, plan, setup, rank_config)
     record.node_id = node_id
+    record.threads = thread_report()
     previous = record_path(setup.out_dir, trial_id)
     if previous.is_file():  # resumed: keep what was reached until the checkpoint says otherwise
         old = read_record(previous)
+        if old.status in ("completed", "stopped") and old.history:
+            _replay(old)
+            return
         _set_history(record, old.history)
         record.wall_time_s = old.wall_time_s
     write_record(setup.out_dir, record)
@@ -198,7 +249,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         if plan.get("fault") == "error":
             raise RuntimeError("injected error (test fault)")
         train = train_config_from_dict({**setup.train, **plan.get("train", {})})
-        data = load_data(setup.data, DataOptions(**setup.data_options))
+        data = cached_data(setup)
         with tempfile.TemporaryDirectory(prefix="rank-search-resume-") as work:
             resume_from = _restore_checkpoint(Path(work))
             result = fit(rank_config, data, train, callback=reporter, resume_from=resume_from)

@@ -1,0 +1,79 @@
+"""The thread policy of every process rank-search starts: one place for it.
+
+* **OpenMP wait policy.** libgomp's default lets idle OpenMP threads spin at barriers; on a busy
+  machine a spinning thread and a descheduled one fight over the same core and a multi-threaded
+  CPU step can run ten times slower. ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep.
+  libgomp reads it once, when it is loaded (with torch), so it must be in the environment before
+  torch is imported in that process: :func:`prepare_process` runs first thing in the CLI entry
+  point, and :func:`worker_env` goes into the Ray runtime environment of the search's workers
+  (local workers also inherit the driver's environment). A value the user set is kept.
+* **Intra-op threads.** A trial, and ``rank-search train``, use as many torch threads as CPUs
+  they were given (:func:`use_threads`): a trial's ``resources.cpu``; ``train --threads``, by
+  default the CPUs this process may run on.
+* **The driver's core.** On a local cluster of 4 or more CPUs one CPU is kept out of Ray for the
+  driver (Tune's event loop, sampling, records); on 2-3 CPUs trials get them all, as holding one
+  back would halve or third the search's throughput to serve a driver that needs milliseconds a
+  trial (:func:`ray_cpus`).
+
+Never imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "DRIVER_RESERVE_MIN_CPUS",
+    "WAIT_POLICY",
+    "available_cpus",
+    "prepare_process",
+    "ray_cpus",
+    "thread_report",
+    "use_threads",
+    "worker_env",
+]
+
+WAIT_POLICY = "PASSIVE"
+DRIVER_RESERVE_MIN_CPUS = 4
+"""A local cluster keeps one CPU for the driver from this many CPUs on."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def prepare_process() -> None:
+    """Put the OpenMP wait policy into this process's environment (call before importing torch)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+
+
+def worker_env() -> dict[str, str]:
+    """Environment variables for Ray workers (``runtime_env={"env_vars": ...}``)."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", WAIT_POLICY)}
+
+
+def ray_cpus(total: int | None = None) -> int:
+    """CPUs to give a local Ray cluster: all of them, less one for the driver from 4 CPUs on."""
+    total = available_cpus() if total is None else total
+    return total - 1 if total >= DRIVER_RESERVE_MIN_CPUS else total
+
+
+def use_threads(threads: float | None = None) -> int:
+    """Set torch's intra-op threads to ``threads`` (default: :func:`available_cpus`); returns it."""
+    import torch
+
+    count = available_cpus() if threads is None else max(1, int(threads))
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
+
+
+def thread_report() -> dict[str, object]:
+    """What this process runs with: torch threads and the OpenMP wait policy in its environment."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
