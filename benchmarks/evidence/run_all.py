@@ -30,13 +30,16 @@ settings sit beside its numbers. ``OUT/settings.json`` holds this command's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -129,6 +132,44 @@ def child_env(profile: Profile) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def stop_on_exit(children: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """On any exit through an exception (a failure, Ctrl-C, SIGTERM: see :func:`main`), interrupt
+    the still-running ``children`` (SIGINT: a search stops its Ray trials and saves its state), wait
+    up to a minute, then kill; so the next run of the same command resumes cleanly."""
+    try:
+        yield children
+    except BaseException:
+        alive = [c for c in children if c.poll() is None]
+        for child in alive:
+            child.send_signal(signal.SIGINT)
+        deadline = time.time() + 60.0
+        for child in alive:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        raise
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}; run the same command again to resume")
+
+
+def prime_data_cache(args: argparse.Namespace, profile: Profile, env: dict[str, str]) -> None:
+    """Decode the image folder once (one-epoch run on 100 images, ``OUT/prime-cache``) so the two
+    first search trials do not both decode 60k JPEGs; a bad ``--data`` fails here, early."""
+    marker = args.out / "prime-cache" / "metrics.json"
+    if not args.data.startswith("imagefolder:") or marker.exists():
+        return
+    print("decoding the data set once (cached for every later run)", flush=True)
+    flags = ["--image-size", str(profile.image_size)] if profile.image_size is not None else []
+    cmd = [sys.executable, "-m", "rank_search", "train", "--model", "resnet20", "--data", args.data]
+    cmd += ["-o", str(marker.parent), "--force", "--quiet", "--epochs", "1", "--device", "cpu"]
+    cmd += [*flags, "--max-train-samples", "100"]
+    subprocess.run(cmd, check=True, env=env)
+
+
 # --- searches -----------------------------------------------------------------------------------
 
 
@@ -148,7 +189,10 @@ def run_search(study: Path, out_dir: Path, sets: list[str], env: dict[str, str])
     print(f"search -> {out_dir}", flush=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(out_dir.parent / f"{out_dir.name}.log", "a", encoding="utf-8") as log:
-        subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with stop_on_exit([proc]):
+            if proc.wait() != 0:
+                raise SystemExit(f"search {out_dir} failed (exit {proc.returncode}); see {out_dir}.log")
     return out_dir
 
 
@@ -266,25 +310,35 @@ def train_all(
         if not (run_dir / "metrics.json").exists():
             todo.append((train_command(run, run_dir, args, profile), run_dir))
     running: list[tuple[subprocess.Popen[bytes], Path, Any]] = []
+    with stop_on_exit([]) as children:
+        _train_pool(todo, running, children, args.jobs, env)
+    return folders
+
+
+def _train_pool(
+    todo: list[tuple[list[str], Path]],
+    running: list[tuple[subprocess.Popen[bytes], Path, Any]],
+    children: list[subprocess.Popen[bytes]],
+    jobs: int,
+    env: dict[str, str],
+) -> None:
+    """Start ``todo`` commands ``jobs`` at a time (registered in ``children``) until all ended."""
     while todo or running:
-        while todo and len(running) < args.jobs:
+        while todo and len(running) < jobs:
             cmd, run_dir = todo.pop(0)
             print(f"training -> {run_dir}", flush=True)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log = open(run_dir.parent / f"{run_dir.name}.log", "a", encoding="utf-8")  # noqa: SIM115
-            running.append(
-                (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), run_dir, log)
-            )
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            children.append(proc)
+            running.append((proc, run_dir, log))
         time.sleep(1.0)
         for item in [r for r in running if r[0].poll() is not None]:
             proc, run_dir, log = item
             log.close()
             running.remove(item)
             if not (run_dir / "metrics.json").exists():  # exit 1 (diverged) still writes metrics
-                for other, _, _ in running:
-                    other.terminate()
                 raise SystemExit(f"training {run_dir} failed (exit {proc.returncode}); see {run_dir}.log")
-    return folders
 
 
 def metrics_of(folder: Path) -> dict[str, Any]:
@@ -300,8 +354,15 @@ def rows_of(arms: list[Arm], seeds: list[int], folders: dict[str, Path]) -> list
     rows = []
     for arm in arms:
         metrics = [metrics_of(folders[Run(arm, s).key()]) for s in seeds]
+        by_seed = {
+            m["seed"]: None if m.get("test_accuracy") is None else 100.0 * m["test_accuracy"] for m in metrics
+        }
         rows.append(
-            {**summarize_arm(arm, metrics), "run_dirs": [str(folders[Run(arm, s).key()]) for s in seeds]}
+            {
+                **summarize_arm(arm, metrics),
+                "acc_by_seed": by_seed,
+                "run_dirs": [str(folders[Run(arm, s).key()]) for s in seeds],
+            }
         )
     return rows
 
@@ -331,7 +392,9 @@ def paired(
     values = []
     for case in cases:
         s, u = rows[f"{case}-searched"], rows[f"{case}-uniform"]
-        diffs = [a - b for a, b in zip(s["test_accs"], u["test_accs"], strict=True)]
+        mine, base = s["acc_by_seed"], u["acc_by_seed"]
+        both = [k for k, a in mine.items() if a is not None and base.get(k) is not None]
+        diffs = [mine[k] - base[k] for k in both]  # a diverged run drops its pair
         mean, sd = mean_spread(diffs)
         vs_dense = s["test_acc_mean"] - dense["test_acc_mean"] if dense else None
         values.append(
@@ -437,12 +500,18 @@ def plot(searches: Searches, fraction: float, unit: str, path: Path) -> None:
     tmp.replace(path)
 
 
+def script_name() -> str:
+    """This script's path relative to the repository (as typed from its root)."""
+    path = Path(sys.argv[0]).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def settings_block(args: argparse.Namespace, profile: Profile) -> str:
     """Markdown: the profile's settings and the command."""
     s = asdict(profile)
     return "\n".join(
         [
-            f"Command: `python {' '.join(Path(a).name if i == 0 else a for i, a in enumerate(sys.argv))}`"
+            f"Command: `python {' '.join([script_name(), *sys.argv[1:]])}`"
             f" (profile `{profile.name}`, data `{args.data}`).",
             "",
             f"Full training: {s['epochs']} epochs, batch {s['batch_size']}, peak lr {s['lr']}, "
@@ -529,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the suite (or print its plan with ``--dry-run``)."""
     args = parse_args(argv)
     profile: Profile = args.scale
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     env = child_env(profile)
     started = time.time()
     if args.dry_run:
@@ -545,6 +615,7 @@ def main(argv: list[str] | None = None) -> None:
             "command": sys.argv,
         },
     )
+    prime_data_cache(args, profile, env)
     searches = run_searches(args, profile, env)
     arms: dict[str, Arm] = {f"dense-{m}": Arm(f"dense-{m}", model=m) for m in profile.dense_models}
     for case in [c for c in CASES if c.name in profile.cases]:
