@@ -26,63 +26,66 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profiles import PROFILES
+
 from rank_search._io import atomic_write_json, atomic_write_text
 from rank_search.config import RankConfig, save_rank_config
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "studies"
-CHECKPOINT_EVERY = 10
+CHECKPOINT_EVERY = 10  # the GPU profile's; run_all.py uses the profile's own
 MACS_TOLERANCE = 0.01  # the uniform baseline's MACs are within 1% of the target
-SMOKE_OVERRIDES = (
-    "data=builtin",
-    "data_options.val_fraction=0.2",
-    "data_options.max_train_samples=300",
-    "trials=4",
-    "epochs_per_trial=2",
-    "asha.grace_period=1",
-    "asha.reduction_factor=2",
-    "resources.cpu=1",
-    "resources.gpu=0",
-    "resources.concurrency=1",
-    "train.batch_size=64",
-    "train.lr=0.05",
-    "train.warmup_epochs=0.5",
-    "train.device=cpu",
-)
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
-def base_parser(description: str | None, exp: str, default_epochs: int = 200) -> argparse.ArgumentParser:
-    """The flags every experiment takes (``--data --out --epochs --seeds --smoke`` and friends)."""
+def base_parser(description: str | None, exp: str) -> argparse.ArgumentParser:
+    """The flags every experiment takes (``--profile --data --out --epochs --seeds`` and friends).
+
+    Flags left unset take the value of ``--profile`` (:mod:`profiles`); see :func:`apply_profile`.
+    """
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="imagefolder:/tmp/cifar10-jpeg", help="data SPEC (see README)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="gpu", help="scale (profiles.py)")
+    p.add_argument("--data", help="data SPEC (see README; default: the profile's)")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "evidence" / exp, help="results folder")
-    p.add_argument("--epochs", type=int, default=default_epochs, help="full-training epochs")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="full-training seeds")
-    p.add_argument("--batch-size", type=int, default=256, help="full-training batch size")
-    p.add_argument("--lr", type=float, default=0.1, help="full-training peak learning rate")
-    p.add_argument("--device", default="auto", help="full training: auto | cpu | cuda")
+    p.add_argument("--epochs", type=int, help="full-training epochs")
+    p.add_argument("--seeds", type=int, nargs="+", help="full-training seeds")
+    p.add_argument("--batch-size", type=int, help="full-training batch size")
+    p.add_argument("--lr", type=float, help="full-training peak learning rate")
+    p.add_argument("--device", help="full training: auto | cpu | cuda")
     p.add_argument("--speedup", default="none", choices=("none", "compile", "cudagraphs"))
-    p.add_argument("--val-fraction", type=float, default=0.1, help="full training's held-out split")
-    p.add_argument("--max-train-samples", type=int, help="train on a stratified subset (smoke runs)")
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run: builtin data, resnet20, 2 epochs")
+    p.add_argument("--val-fraction", type=float, help="full training's held-out split")
+    p.add_argument("--max-train-samples", type=int, help="full training on a stratified subset")
+    p.add_argument("--image-size", type=int, help="imagefolder decode size")
+    p.add_argument("--smoke", action="store_true", help="same as --profile smoke (digits, minutes)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress output")
     return p
 
 
-def apply_smoke(args: argparse.Namespace) -> argparse.Namespace:
-    """Shrink ``args`` in place for ``--smoke`` (builtin digits, 300 images, 2 epochs, CPU)."""
+def apply_profile(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every unset flag of ``args`` from its profile; sets ``args.study_sets`` (the profile's
+    study overrides) and ``args.smoke``."""
     if args.smoke:
-        args.data = "builtin"
-        args.epochs = min(args.epochs, 2)
-        args.max_train_samples = 300
-        args.val_fraction = 0.2
-        args.device = "cpu"
-        args.batch_size, args.lr = 64, 0.05
-        args.seeds = args.seeds[:2]
-        args.quiet = True
+        args.profile = "smoke"
+    profile = PROFILES[args.profile]
+    args.smoke = profile.name == "smoke"
+    defaults = {
+        "data": profile.data,
+        "epochs": profile.epochs,
+        "seeds": list(profile.seeds),
+        "batch_size": profile.batch_size,
+        "lr": profile.lr,
+        "device": profile.device,
+        "val_fraction": profile.val_fraction,
+        "max_train_samples": profile.max_train_samples,
+        "image_size": profile.image_size,
+    }
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.study_sets = list(profile.search_sets)
+    args.quiet = args.quiet or args.smoke
     return args
 
 
@@ -255,7 +258,11 @@ def train_job(arm: Arm, run_dir: Path, seed: int, args: argparse.Namespace) -> A
         eval_test=True,
         checkpoint_every=CHECKPOINT_EVERY,
     )
-    options = DataOptions(val_fraction=args.val_fraction, max_train_samples=args.max_train_samples)
+    options = DataOptions(
+        val_fraction=args.val_fraction,
+        max_train_samples=args.max_train_samples,
+        image_size=args.image_size,
+    )
     return TrainJob(
         run_dir=run_dir,
         train=train,
@@ -359,7 +366,13 @@ def run_info(args: argparse.Namespace, started: float) -> dict[str, Any]:
     import torch
 
     return {
+        "profile": args.profile,
         "data": args.data,
+        "image_size": args.image_size,
+        "max_train_samples": args.max_train_samples,
+        "val_fraction": args.val_fraction,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
         "epochs": args.epochs,
         "seeds": list(args.seeds),
         "smoke": bool(args.smoke),

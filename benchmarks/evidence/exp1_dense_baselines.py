@@ -1,4 +1,4 @@
-"""Experiment 1: dense ResNet-20 and ResNet-56 trained in full, 2 seeds each.
+"""Experiment 1: the dense models trained in full (gpu profile: ResNet-20 and ResNet-56), 3 seeds each.
 
 The reference every compressed model is judged against: test accuracy of the dense networks
 under the same recipe (``rank_search.train``: SGD Nesterov, warmup + cosine, label smoothing
@@ -6,6 +6,7 @@ under the same recipe (``rank_search.train``: SGD Nesterov, warmup + cosine, lab
 ``OUT/exp1.md``; run folders ``OUT/train/dense-<model>/seed<N>`` (re-running resumes).
 
     python benchmarks/evidence/exp1_dense_baselines.py --data imagefolder:/tmp/cifar10-jpeg
+    python benchmarks/evidence/exp1_dense_baselines.py --profile cpu --data imagefolder:DIR
     python benchmarks/evidence/exp1_dense_baselines.py --smoke     # CPU, builtin data, minutes
 """
 
@@ -15,7 +16,7 @@ import time
 
 from common import (
     Arm,
-    apply_smoke,
+    apply_profile,
     base_parser,
     run_info,
     summarize_arm,
@@ -23,6 +24,7 @@ from common import (
     training_table,
     write_results,
 )
+from profiles import PROFILES
 
 MODELS = ("resnet20", "resnet56")
 
@@ -30,9 +32,9 @@ MODELS = ("resnet20", "resnet56")
 def main() -> None:
     """Train each dense model with every seed, then print and write the table."""
     p = base_parser(__doc__, "exp1")
-    p.add_argument("--models", nargs="+", default=list(MODELS), help="dense models to train")
-    args = apply_smoke(p.parse_args())
-    models = ["resnet20"] if args.smoke else args.models
+    p.add_argument("--models", nargs="+", choices=MODELS, help="dense models (default: the profile's)")
+    args = apply_profile(p.parse_args())
+    models = args.models or list(PROFILES[args.profile].dense_models)
     started = time.time()
     rows = []
     for model in models:

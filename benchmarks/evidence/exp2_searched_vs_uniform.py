@@ -12,6 +12,7 @@ same ``OUT`` reuses finished work and resumes unfinished work.
 
     python benchmarks/evidence/exp2_searched_vs_uniform.py --data imagefolder:/tmp/cifar10-jpeg
     python benchmarks/evidence/exp2_searched_vs_uniform.py --cases r20-0.50 --set trials=32
+    python benchmarks/evidence/exp2_searched_vs_uniform.py --profile cpu --data imagefolder:DIR
     python benchmarks/evidence/exp2_searched_vs_uniform.py --smoke
 """
 
@@ -25,10 +26,9 @@ from typing import Any
 
 from common import (
     REPO,
-    SMOKE_OVERRIDES,
     STUDIES,
     Arm,
-    apply_smoke,
+    apply_profile,
     base_parser,
     best_val_accuracy,
     export_at_budget,
@@ -43,6 +43,7 @@ from common import (
     uniform_at_macs,
     write_results,
 )
+from profiles import PROFILES
 
 
 @dataclass(frozen=True)
@@ -66,9 +67,8 @@ CASES = (
 
 
 def study_overrides(case: Case, args: argparse.Namespace) -> list[str]:
-    """``--set`` overrides of the case's study: data, budget, smoke shrinking, then the user's."""
-    smoke = list(SMOKE_OVERRIDES) if args.smoke else []
-    return [f"data={args.data}", f"budget={case.fraction}", *smoke, *args.set]
+    """``--set`` overrides of the case's study: data, budget, the profile's, then the user's."""
+    return [f"data={args.data}", f"budget={case.fraction}", *args.study_sets, *args.set]
 
 
 def searched_config(case: Case, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
@@ -136,13 +136,14 @@ def search_table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     """Run the selected cases and write the combined table."""
     p = base_parser(__doc__, "exp2")
-    p.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], default=[c.name for c in CASES])
+    p.add_argument("--cases", nargs="+", choices=[c.name for c in CASES], help="default: the profile's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra study override")
     p.add_argument("--cli", action="store_true", help="run searches through the rank-search CLI")
     p.add_argument("--configs-dir", type=Path, default=REPO / "benchmarks" / "configs")
-    args = apply_smoke(p.parse_args())
+    args = apply_profile(p.parse_args())
+    args.cases = args.cases or list(PROFILES[args.profile].cases)
     if args.smoke:
-        args.cases, args.configs_dir = ["r20-0.50"], args.out / "benchmark-configs"
+        args.configs_dir = args.out / "benchmark-configs"
     started = time.time()
     rows = [row for case in CASES if case.name in args.cases for row in run_case(case, args)]
     summary = f"Searched vs uniform Tucker-2 at equal MACs, {args.epochs} epochs, seeds {args.seeds}."

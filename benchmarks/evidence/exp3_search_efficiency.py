@@ -12,6 +12,7 @@ Layout under ``OUT``: ``search/seed<N>/{asha-tpe,random}/``, ``exp3.json``, ``ex
 with the same ``OUT`` reuses finished searches and resumes interrupted ones.
 
     python benchmarks/evidence/exp3_search_efficiency.py --data imagefolder:/tmp/cifar10-jpeg --seeds 0 1
+    python benchmarks/evidence/exp3_search_efficiency.py --profile cpu --data imagefolder:DIR --train-best
     python benchmarks/evidence/exp3_search_efficiency.py --smoke
 """
 
@@ -24,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    SMOKE_OVERRIDES,
     STUDIES,
     Arm,
-    apply_smoke,
+    apply_profile,
     base_parser,
     best_val_accuracy,
     export_at_budget,
@@ -43,14 +43,14 @@ from common import (
     trial_records,
     write_results,
 )
+from profiles import PROFILES
 
 RANDOM = ("sampler=random", "asha.enabled=false")
 
 
 def overrides(args: argparse.Namespace, seed: int) -> list[str]:
-    """Study overrides shared by both searches: data, budget, seed, smoke shrinking, the user's."""
-    smoke = list(SMOKE_OVERRIDES) if args.smoke else []
-    return [f"data={args.data}", f"budget={args.budget}", f"seed={seed}", *smoke, *args.set]
+    """Study overrides shared by both searches: data, budget, seed, the profile's, the user's."""
+    return [f"data={args.data}", f"budget={args.budget}", f"seed={seed}", *args.study_sets, *args.set]
 
 
 def full_trial_seconds(search_dir: Path) -> float:
@@ -141,7 +141,11 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra study override")
     p.add_argument("--cli", action="store_true", help="run searches through the rank-search CLI")
     p.add_argument("--train-best", action="store_true", help="also train each search's best in full")
-    args = apply_smoke(p.parse_args())
+    args = p.parse_args()
+    search_seeds = args.seeds
+    args = apply_profile(args)
+    profile = PROFILES[args.profile]
+    args.seeds = search_seeds or list(profile.search_seeds)
     started = time.time()
     rows = [row for seed in args.seeds for row in run_seed(seed, args)]
     table = comparison_table(rows)
