@@ -9,7 +9,8 @@
   (local workers also inherit the driver's environment). A value the user set is kept.
 * **Intra-op threads.** A trial, and ``rank-search train``, use as many torch threads as CPUs
   they were given (:func:`use_threads`): a trial's ``resources.cpu``; ``train --threads``, by
-  default the CPUs this process may run on.
+  default the CPUs this process may run on less those other processes keep busy when it starts
+  (:func:`auto_threads`).
 * **The driver's core.** On a local cluster of 4 or more CPUs one CPU is kept out of Ray for the
   driver (Tune's event loop, sampling, records); on 2-3 CPUs trials get them all, as holding one
   back would halve or third the search's throughput to serve a driver that needs milliseconds a
@@ -21,11 +22,15 @@ Never imports torch at module level.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 __all__ = [
     "DRIVER_RESERVE_MIN_CPUS",
     "WAIT_POLICY",
+    "auto_threads",
     "available_cpus",
+    "busy_cpus",
     "prepare_process",
     "ray_cpus",
     "thread_report",
@@ -44,6 +49,36 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def busy_cpus(read: Callable[[], str] | None = None, samples: int = 5, interval_s: float = 0.02) -> int:
+    """CPUs other work keeps busy right now: runnable tasks less this process's own thread.
+
+    Read from the 4th field of ``/proc/loadavg`` ("running/total", an instant count, unlike the
+    load averages, which lag by a minute); the median of ``samples`` reads. 0 where it cannot be read.
+    """
+    import statistics
+    import time
+
+    read = read or (lambda: Path("/proc/loadavg").read_text(encoding="ascii"))
+    counts = []
+    for index in range(samples):
+        try:
+            counts.append(int(read().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return 0
+        if index + 1 < samples:
+            time.sleep(interval_s)
+    return max(0, round(statistics.median(counts)) - 1)
+
+
+def auto_threads(cpus: int | None = None, busy: int | None = None) -> int:
+    """Threads for a process that was given no count: the CPUs it may use less those other work
+    keeps busy now (:func:`busy_cpus`), at least 1. Two OpenMP threads on a core that a third
+    process also wants wait for each other at every barrier; one thread per free core does not."""
+    cpus = available_cpus() if cpus is None else cpus
+    busy = busy_cpus() if busy is None else busy
+    return max(1, min(cpus, cpus - busy))
 
 
 def prepare_process() -> None:

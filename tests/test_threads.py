@@ -58,3 +58,19 @@ def test_use_threads_sets_torch_threads() -> None:
         assert threads.thread_report()["torch_threads"] == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_busy_cpus_reads_the_instant_runnable_count() -> None:
+    from rank_search.threads import busy_cpus
+
+    reads = iter(["2.0 1.0 0.5 3/90 100", "2.0 1.0 0.5 4/90 100", "2.0 1.0 0.5 3/90 100"])
+    assert busy_cpus(lambda: next(reads), samples=3, interval_s=0) == 2  # median 3, less ourselves
+    assert busy_cpus(lambda: "1/50", samples=1) == 0  # only ourselves
+    assert busy_cpus(lambda: "garbage", samples=1) == 0
+
+
+@pytest.mark.parametrize(("cpus", "busy", "threads"), [(2, 0, 2), (2, 1, 1), (2, 2, 1), (2, 5, 1), (8, 3, 5)])
+def test_auto_threads_leaves_busy_cpus_alone(cpus: int, busy: int, threads: int) -> None:
+    from rank_search.threads import auto_threads
+
+    assert auto_threads(cpus, busy) == threads

@@ -59,7 +59,10 @@ def _add_train_flags(g: Any) -> None:
     )
     g.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (0: end only)")
     g.add_argument(
-        "--threads", type=int, metavar="N", help="torch threads (default: the CPUs this process may use)"
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch threads (default: the free CPUs at start)",
     )
 
 
@@ -117,14 +120,17 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..data import DataOptions
-    from ..threads import use_threads
+    from ..threads import auto_threads, available_cpus, use_threads
     from ..train.run import TrainJob, run_training
 
     if (args.config is None) == (args.model is None):
         raise ConfigError("give either CONFIG.json or --model NAME (not both)", key="config")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"must be at least 1, got {args.threads}", key="--threads")
-    use_threads(args.threads)
+    threads = args.threads if args.threads is not None else auto_threads()
+    if args.threads is None and threads < available_cpus():
+        print(f"threads: {threads} of {available_cpus()} CPUs (the others are busy; --threads N to choose)")
+    use_threads(threads)
     options = DataOptions(
         val_fraction=args.val_fraction,
         split_seed=args.split_seed,
