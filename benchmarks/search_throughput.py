@@ -14,8 +14,10 @@ Parts (``--part``, default all):
 * ``sampling``: seconds per sampled trial (``ask`` + the define-by-run space function + ``tell``)
   on a resnet110 space, for in-memory, journal-file and SQLite Optuna storage, TPE as configured by
   ``make_sampler``.
-* ``threads``: ``rank-search train`` of a dense resnet20 on the built-in data with its default
-  threads, idle and then with one spinning process per CPU started by this script; busy/idle ratio.
+* ``threads``: ``rank-search train`` of a dense resnet20 on the built-in data, idle and with one
+  spinning process per CPU started by this script, interleaved ``--train-repeats`` times, for the
+  default threads (the CPUs free at start) and for a fixed ``--threads`` of every CPU; medians,
+  spread and the busy/idle ratio of each.
 
 The machine this runs on may be shared: compare BEFORE and AFTER runs made the same way, and
 read ratios rather than absolute seconds. CPU commands (a few minutes each part):
@@ -223,7 +225,7 @@ def _spin() -> None:  # pragma: no cover - runs in the load processes
         pass
 
 
-def _train_once(args: argparse.Namespace, out: Path) -> float:
+def _train_once(args: argparse.Namespace, out: Path, threads: int | None) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     command = [sys.executable, "-m", "rank_search", "train", "--model", "resnet20", "--data", "builtin"]
@@ -237,29 +239,51 @@ def _train_once(args: argparse.Namespace, out: Path) -> float:
         "--force",
         "--quiet",
     ]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     begin = time.perf_counter()
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
     return time.perf_counter() - begin
 
 
-def part_threads(args: argparse.Namespace) -> dict[str, Any]:
+def _busy_train(args: argparse.Namespace, out: Path, threads: int | None) -> float:
+    """One training run while one spinning process per CPU loads the machine."""
     import multiprocessing
 
-    out = Path(args.out) / "train"
-    idle = _train_once(args, out)
     load = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(os.cpu_count() or 1)]
     for process in load:
         process.start()
     try:
-        busy = _train_once(args, out)
+        return _train_once(args, out, threads)
     finally:
         for process in load:
             process.terminate()
             process.join()
-    row = {"epochs": args.train_epochs, "idle_s": round(idle, 1), "busy_s": round(busy, 1)}
-    row["busy_over_idle"] = round(busy / idle, 2)
-    print("threads:", json.dumps(row), flush=True)
-    return row
+
+
+def part_threads(args: argparse.Namespace) -> dict[str, Any]:
+    """``rank-search train`` idle and busy, interleaved, for the default (free CPUs at start) and
+    for a fixed thread count of every CPU; medians and spread over ``--train-repeats``."""
+    out = Path(args.out) / "train"
+    cpus = os.cpu_count() or 1
+    variants: dict[str, int | None] = {"default": None, f"threads={cpus}": cpus}
+    times: dict[str, dict[str, list[float]]] = {v: {"idle": [], "busy": []} for v in variants}
+    for _ in range(args.train_repeats):
+        for name, threads in variants.items():
+            times[name]["idle"].append(_train_once(args, out, threads))
+            times[name]["busy"].append(_busy_train(args, out, threads))
+    rows: dict[str, Any] = {"epochs": args.train_epochs, "repeats": args.train_repeats}
+    for name, pair in times.items():
+        idle, busy = statistics.median(pair["idle"]), statistics.median(pair["busy"])
+        rows[name] = {
+            "idle_s": round(idle, 1),
+            "busy_s": round(busy, 1),
+            "idle_range_s": [round(min(pair["idle"]), 1), round(max(pair["idle"]), 1)],
+            "busy_range_s": [round(min(pair["busy"]), 1), round(max(pair["busy"]), 1)],
+            "busy_over_idle": round(busy / idle, 2),
+        }
+    print("threads:", json.dumps(rows), flush=True)
+    return rows
 
 
 PARTS = {
@@ -284,6 +308,7 @@ def main() -> None:
     parser.add_argument("--sampling-model", default="resnet110")
     parser.add_argument("--sampling-trials", type=int, default=15)
     parser.add_argument("--train-epochs", type=int, default=3)
+    parser.add_argument("--train-repeats", type=int, default=3, help="interleaved idle/busy pairs")
     parser.add_argument("-o", "--out", default="runs/search-throughput")
     parser.add_argument("--label", default="", help="a name for this run in the JSON output")
     args = parser.parse_args()
