@@ -266,7 +266,9 @@ def part_threads(args: argparse.Namespace) -> dict[str, Any]:
     for a fixed thread count of every CPU; medians and spread over ``--train-repeats``."""
     out = Path(args.out) / "train"
     cpus = os.cpu_count() or 1
-    variants: dict[str, int | None] = {"default": None, f"threads={cpus}": cpus}
+    variants: dict[str, int | None] = {"default": None}
+    if args.train_fixed_threads:
+        variants[f"threads={cpus}"] = cpus
     times: dict[str, dict[str, list[float]]] = {v: {"idle": [], "busy": []} for v in variants}
     for _ in range(args.train_repeats):
         for name, threads in variants.items():
@@ -309,6 +311,12 @@ def main() -> None:
     parser.add_argument("--sampling-trials", type=int, default=15)
     parser.add_argument("--train-epochs", type=int, default=3)
     parser.add_argument("--train-repeats", type=int, default=3, help="interleaved idle/busy pairs")
+    parser.add_argument(
+        "--no-train-fixed-threads",
+        dest="train_fixed_threads",
+        action="store_false",
+        help="time only the default threads (for code without --threads)",
+    )
     parser.add_argument("-o", "--out", default="runs/search-throughput")
     parser.add_argument("--label", default="", help="a name for this run in the JSON output")
     args = parser.parse_args()

@@ -246,13 +246,18 @@ def _merge_out(conv: nn.Conv2d, outer: nn.Conv2d) -> nn.Conv2d:
     with torch.no_grad():
         merged.weight.copy_(weight.to(merged.weight.dtype))
         if merged.bias is not None:
-            bias = torch.zeros(outer.out_channels, dtype=torch.float64, device=w_out.device)
-            if conv.bias is not None:
-                bias = bias + w_out @ conv.bias.detach().double()
-            if outer.bias is not None:
-                bias = bias + outer.bias.detach().double()
-            merged.bias.copy_(bias.to(merged.bias.dtype))
+            merged.bias.copy_(_merged_bias(w_out, conv.bias, outer.bias).to(merged.bias.dtype))
     return merged
+
+
+def _merged_bias(w_outer: Tensor, inner: Tensor | None, outer: Tensor | None) -> Tensor:
+    """The bias of ``outer(inner(x))`` merged into one layer: ``W_outer b_inner + b_outer`` (float64)."""
+    bias = torch.zeros(w_outer.shape[0], dtype=torch.float64, device=w_outer.device)
+    if inner is not None:
+        bias = bias + w_outer @ inner.detach().double()
+    if outer is not None:
+        bias = bias + outer.detach().double()
+    return bias
 
 
 def _merge_linear(v: nn.Linear, u: nn.Linear) -> nn.Linear:
@@ -264,12 +269,7 @@ def _merge_linear(v: nn.Linear, u: nn.Linear) -> nn.Linear:
     with torch.no_grad():
         merged.weight.copy_((w_u @ _matrix(v)).to(weight.dtype))
         if merged.bias is not None:
-            bias = torch.zeros(u.out_features, dtype=torch.float64, device=weight.device)
-            if v.bias is not None:
-                bias = bias + w_u @ v.bias.detach().double()
-            if u.bias is not None:
-                bias = bias + u.bias.detach().double()
-            merged.bias.copy_(bias.to(weight.dtype))
+            merged.bias.copy_(_merged_bias(w_u, v.bias, u.bias).to(weight.dtype))
     return merged
 
 

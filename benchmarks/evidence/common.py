@@ -195,6 +195,20 @@ def best_val_accuracy(search_dir: Path, fraction: float) -> tuple[float | None, 
     return float(row["val_accuracy"]), str(row["trial_id"])
 
 
+def search_facts(search_dir: Path, fraction: float) -> dict[str, Any]:
+    """What a results row says about the search behind a config: its cost and its best trial."""
+    cost = search_cost(search_dir)
+    val, trial = best_val_accuracy(search_dir, fraction)
+    return {
+        "search_dir": str(search_dir),
+        "search_trials": cost.trials,
+        "search_hours": cost.hours,
+        "search_unit": cost.unit,
+        "search_best_val": val,
+        "search_best_trial": trial,
+    }
+
+
 # --- the uniform-ratio baseline -----------------------------------------------------------------
 
 

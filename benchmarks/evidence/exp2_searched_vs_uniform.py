@@ -30,13 +30,12 @@ from common import (
     Arm,
     apply_profile,
     base_parser,
-    best_val_accuracy,
     export_at_budget,
     fmt,
     run_info,
     run_study,
     save_config,
-    search_cost,
+    search_facts,
     summarize_arm,
     train_seeds,
     training_table,
@@ -83,17 +82,7 @@ def searched_config(case: Case, args: argparse.Namespace) -> tuple[Path, dict[st
         load_rank_config(export_at_budget(search_dir, case.fraction, path)),
         args.configs_dir / f"{case.name}.json",
     )
-    cost = search_cost(search_dir)
-    val, trial = best_val_accuracy(search_dir, case.fraction)
-    facts = {
-        "search_dir": str(search_dir),
-        "search_trials": cost.trials,
-        "search_hours": cost.hours,
-        "search_unit": cost.unit,
-        "search_best_val": val,
-        "search_best_trial": trial,
-    }
-    return path, facts
+    return path, search_facts(search_dir, case.fraction)
 
 
 def uniform_config_file(case: Case, searched: Path, args: argparse.Namespace) -> Path:

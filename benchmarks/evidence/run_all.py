@@ -47,12 +47,12 @@ from typing import Any
 from common import (
     REPO,
     Arm,
-    best_val_accuracy,
     export_at_budget,
     fmt,
     mean_spread,
     save_config,
     search_cost,
+    search_facts,
     search_resources,
     search_status,
     summarize_arm,
@@ -259,18 +259,7 @@ def case_configs(case: Case, search_dir: Path, args: argparse.Namespace) -> tupl
             case.study, case.model, config.model.num_classes, config.input_size, config.cost.macs
         )
         save_config(base, uniform)
-    cost = search_cost(search_dir)
-    val, trial = best_val_accuracy(search_dir, case.fraction)
-    facts = {
-        "case": case.name,
-        "budget": case.fraction,
-        "search_dir": str(search_dir),
-        "search_trials": cost.trials,
-        "search_hours": cost.hours,
-        "search_unit": cost.unit,
-        "search_best_val": val,
-        "search_best_trial": trial,
-    }
+    facts = {"case": case.name, "budget": case.fraction, **search_facts(search_dir, case.fraction)}
     return searched, uniform, facts
 
 
