@@ -294,17 +294,26 @@ def _study_sets(part: Part) -> list[str]:
 
 
 def _search(part: Part, k: int, trials: int, epochs: int, tag: str) -> dict[str, Any]:
+    """One search of ``trials`` trials at ``k`` at once (1/k GPU each; 1 CPU each on the dry run),
+    timed by ``search_throughput.timed_search`` (Ray start-up included)."""
     import search_throughput as st
 
-    args = argparse.Namespace(
-        study=str(ROOT / "studies" / "resnet20-cifar10.yaml"),
-        set=_study_sets(part),
-        trials=trials,
-        epochs=epochs,
-        cpu=part.dry,
-        out=str(part.work / f"search-{tag}"),
-    )
-    return dict(st.run_setting(args, k))
+    sets = [*_study_sets(part), "asha.enabled=false", f"trials={trials}", f"epochs_per_trial={epochs}"]
+    sets += [f"resources.concurrency={k}", "resources.cpu=1"]
+    sets += ["resources.gpu=0", "train.device=cpu"] if part.dry else [f"resources.gpu={1 / k:g}"]
+    run = st.timed_search(str(ROOT / "studies" / "resnet20-cifar10.yaml"), sets, part.work / f"search-{tag}")
+    wall, training = run["wall_s"], run["training_s"]
+    return {
+        "concurrency": k,
+        "per_trial": "1 CPU" if part.dry else f"1/{k} GPU",
+        "trials": run["trials"],
+        "status": run["status"],
+        "wall_s": round(wall, 1),
+        "trials_per_hour": round(run["trials"] * 3600 / wall, 1),
+        "training_s": round(training, 1),
+        "startup_s": round(run["startup_s"], 1),
+        "overhead_share": round(1 - training / (k * wall), 3),
+    }
 
 
 def part_throughput(part: Part) -> None:
@@ -345,7 +354,9 @@ def part_bench(part: Part) -> None:
         infos = list_factorizable(create_model(name, num_classes=10), size)
         names = [i.name for i in infos if i.name.startswith("layer")]
         dense_macs = sum(i.dense_macs for i in infos)
-        lo, _ = uniform_ratio_bounds(name, 10, size, names, 0.5 * dense_macs)
+        lo, _ = uniform_ratio_bounds(
+            {i.name: i for i in infos}, dict.fromkeys(names, "tucker2"), 0.5 * dense_macs
+        )
         config = uniform_config(name, 10, size, lo, names)
         result = bench_config(config, options).to_dict()
         for row in result["results"]:

@@ -187,7 +187,7 @@ def ort_goal_configs(seeds: int = 2) -> list[tuple[str, RankConfig, float, tuple
     infos = list_factorizable(create_model("resnet18", num_classes=1000), size)
     names = _block_convs(infos)
     budget = 0.4 * sum(i.dense_macs for i in infos)
-    lo, _ = uniform_ratio_bounds("resnet18", 1000, size, names, budget, "tucker2", 30)
+    lo, _ = uniform_ratio_bounds({i.name: i for i in infos}, dict.fromkeys(names, "tucker2"), budget)
     config = uniform_config("resnet18", 1000, size, lo, names, "tucker2").with_cost()
     goals.append(("resnet18 224px tucker2 @40% MACs", config, 2.0, (1,)))
     return goals
