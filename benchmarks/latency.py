@@ -41,7 +41,7 @@ import torch
 from rank_search.bench import BenchOptions, bench_config
 from rank_search.config import LayerSpec, ModelSpec, RankConfig, load_rank_config
 from rank_search.convert import LayerInfo, list_factorizable
-from rank_search.latency import LatencyTable, TimingSettings
+from rank_search.latency import LatencyTable, TimingSettings, default_round_to
 from rank_search.models import create_model
 from rank_search.uniform import uniform_config, uniform_ratio_bounds
 
@@ -187,9 +187,13 @@ def ort_goal_configs(seeds: int = 2) -> list[tuple[str, RankConfig, float, tuple
     infos = list_factorizable(create_model("resnet18", num_classes=1000), size)
     names = _block_convs(infos)
     budget = 0.4 * sum(i.dense_macs for i in infos)
-    lo, _ = uniform_ratio_bounds({i.name: i for i in infos}, dict.fromkeys(names, "tucker2"), budget)
-    config = uniform_config("resnet18", 1000, size, lo, names, "tucker2").with_cost()
-    goals.append(("resnet18 224px tucker2 @40% MACs", config, 2.0, (1,)))
+    by_name, formats = {i.name: i for i in infos}, dict.fromkeys(names, "tucker2")
+    block = default_round_to()  # the CPU's channel block, as search spaces round by default
+    for round_to, goal in ((1, 0.0), (block, 2.0)):
+        lo, _ = uniform_ratio_bounds(by_name, formats, budget, round_to=round_to)
+        config = uniform_config("resnet18", 1000, size, lo, names, "tucker2", round_to).with_cost()
+        label = "resnet18 224px tucker2 @40% MACs" + (f", ranks multiples of {block}" if round_to > 1 else "")
+        goals.append((label, config, goal, (1,)))
     return goals
 
 

@@ -37,18 +37,29 @@ def largest_fitting(fits: Callable[[float], bool], lo: float, hi: float, steps: 
 
 
 def uniform_layers(
-    infos: Mapping[str, LayerInfo], ratio: float, formats: Mapping[str, str]
+    infos: Mapping[str, LayerInfo], ratio: float, formats: Mapping[str, str], round_to: int = 1
 ) -> dict[str, LayerSpec]:
-    """Every layer of ``formats`` (name -> format) at ``ratio`` of its full ranks in that format
-    (rounded, at least 1); ``dense`` entries stay dense."""
+    """Every layer of ``formats`` (name -> format) at ``ratio`` of its full ranks in that format;
+    ``dense`` entries stay dense.
+
+    Ranks are rounded to the nearest integer (``round_to=1``), or down to a multiple of
+    ``round_to`` (the runtime's channel block, see ``rank_search.latency.default_round_to``),
+    at least one block and at most the full rank.
+    """
     layers = {}
     for name, fmt in formats.items():
         if fmt == "dense":
             layers[name] = LayerSpec("dense")
             continue
         full = infos[name].full_ranks[fmt]
-        layers[name] = LayerSpec(fmt, **{k: max(1, round(v * ratio)) for k, v in full.items()})
+        layers[name] = LayerSpec(fmt, **{k: _rank(v, ratio, round_to) for k, v in full.items()})
     return layers
+
+
+def _rank(full: int, ratio: float, round_to: int) -> int:
+    if round_to == 1:
+        return max(1, round(full * ratio))
+    return min(full, max(round_to, int(full * ratio) // round_to * round_to))
 
 
 def uniform_config(
@@ -58,17 +69,22 @@ def uniform_config(
     ratio: float,
     names: Sequence[str],
     fmt: str = "tucker2",
+    round_to: int = 1,
 ) -> RankConfig:
-    """The same rank ratio in every named layer, all in ``fmt`` (ranks rounded, at least 1)."""
+    """The same rank ratio in every named layer, all in ``fmt`` (ranks as :func:`uniform_layers`)."""
     from .convert import layer_infos
 
     infos = layer_infos(model_name, num_classes, input_size)
-    layers = uniform_layers(infos, ratio, dict.fromkeys(names, fmt))
+    layers = uniform_layers(infos, ratio, dict.fromkeys(names, fmt), round_to)
     return RankConfig(ModelSpec(model_name, num_classes), input_size, layers)
 
 
 def uniform_ratio_bounds(
-    infos: Mapping[str, LayerInfo], formats: Mapping[str, str], target_macs: float, steps: int = 30
+    infos: Mapping[str, LayerInfo],
+    formats: Mapping[str, str],
+    target_macs: float,
+    steps: int = 30,
+    round_to: int = 1,
 ) -> tuple[float, float]:
     """:func:`largest_fitting` on :func:`uniform_layers`' common ratio against analytic MACs:
     ``(lo, hi)`` with MACs at ``lo`` within ``target_macs`` and MACs at ``hi`` above it (when
@@ -80,6 +96,6 @@ def uniform_ratio_bounds(
     from .cost import analytic_macs
 
     def fits(ratio: float) -> bool:
-        return analytic_macs(infos, uniform_layers(infos, ratio, formats)) <= target_macs
+        return analytic_macs(infos, uniform_layers(infos, ratio, formats, round_to)) <= target_macs
 
     return largest_fitting(fits, 0.0, 1.0, steps)

@@ -42,3 +42,18 @@ def test_largest_fitting_keeps_only_fitting_points() -> None:
     seen: list[float] = []
     lo, _ = largest_fitting(lambda x: seen.append(x) or x in (0.0, 0.5), 0.0, 1.0, 5)  # not monotone
     assert lo == 0.5
+
+
+def test_uniform_ranks_rounded_down_to_the_runtime_block() -> None:
+    infos = layer_infos("resnet18", 1000, (3, 64, 64))
+    formats = {"layer1.0.conv1": "tucker2", "layer4.0.conv2": "tucker2"}  # 64 -> 64, 512 -> 512
+    layers = uniform_layers(infos, 0.49, formats, round_to=16)
+    assert layers["layer1.0.conv1"] == LayerSpec.tucker2(16, 16)  # 31.4 -> 16
+    assert layers["layer4.0.conv2"] == LayerSpec.tucker2(240, 240)  # 250.9 -> 240
+    assert uniform_layers(infos, 0.01, formats, round_to=16)["layer1.0.conv1"] == LayerSpec.tucker2(16, 16)
+    assert uniform_layers(infos, 1.0, formats, round_to=48)["layer1.0.conv1"] == LayerSpec.tucker2(48, 48)
+    target = analytic_macs(infos, {}) - 0.5 * sum(infos[n].dense_macs for n in formats)
+    lo, _ = uniform_ratio_bounds(infos, formats, target, round_to=16)
+    fitted = uniform_layers(infos, lo, formats, round_to=16)
+    assert analytic_macs(infos, fitted) <= target
+    assert all(v % 16 == 0 for spec in fitted.values() for v in spec.ranks().values())

@@ -24,6 +24,7 @@ from ._device import (
     resolve_dtype,
     warn_if_busy,
 )
+from ._isa import default_round_to
 from ._layers import (
     LayerAdvice,
     LayerTiming,
@@ -38,6 +39,7 @@ from ._table import LatencyTable, TimingSettings, entry_key, rank_grid
 from ._timing import Spread, summarize, time_calls, time_interleaved
 
 __all__ = [
+    "default_round_to",
     "LATENCY_KEYS",
     "LatencyBudget",
     "LatencyTable",
