@@ -42,9 +42,9 @@ def uniform_layers(
     """Every layer of ``formats`` (name -> format) at ``ratio`` of its full ranks in that format;
     ``dense`` entries stay dense.
 
-    Ranks are rounded to the nearest integer (``round_to=1``), or down to a multiple of
-    ``round_to`` (the runtime's channel block, see ``rank_search.latency.default_round_to``),
-    at least one block and at most the full rank.
+    Ranks are rounded to the nearest multiple of ``round_to`` (1: the nearest integer; the
+    runtime's channel block, see ``rank_search.latency.default_round_to``), at least one
+    multiple and at most the full rank, as search spaces round.
     """
     layers = {}
     for name, fmt in formats.items():
@@ -57,9 +57,7 @@ def uniform_layers(
 
 
 def _rank(full: int, ratio: float, round_to: int) -> int:
-    if round_to == 1:
-        return max(1, round(full * ratio))
-    return min(full, max(round_to, int(full * ratio) // round_to * round_to))
+    return min(full, max(round_to, round(full * ratio / round_to) * round_to))
 
 
 def uniform_config(

@@ -44,12 +44,13 @@ def test_largest_fitting_keeps_only_fitting_points() -> None:
     assert lo == 0.5
 
 
-def test_uniform_ranks_rounded_down_to_the_runtime_block() -> None:
+def test_uniform_ranks_rounded_to_the_runtime_block() -> None:
     infos = layer_infos("resnet18", 1000, (3, 64, 64))
     formats = {"layer1.0.conv1": "tucker2", "layer4.0.conv2": "tucker2"}  # 64 -> 64, 512 -> 512
     layers = uniform_layers(infos, 0.49, formats, round_to=16)
-    assert layers["layer1.0.conv1"] == LayerSpec.tucker2(16, 16)  # 31.4 -> 16
-    assert layers["layer4.0.conv2"] == LayerSpec.tucker2(240, 240)  # 250.9 -> 240
+    assert layers["layer1.0.conv1"] == LayerSpec.tucker2(32, 32)  # 31.4 -> 32
+    assert layers["layer4.0.conv2"] == LayerSpec.tucker2(256, 256)  # 250.9 -> 256
+    assert uniform_layers(infos, 0.45, formats, round_to=16)["layer4.0.conv2"] == LayerSpec.tucker2(224, 224)
     assert uniform_layers(infos, 0.01, formats, round_to=16)["layer1.0.conv1"] == LayerSpec.tucker2(16, 16)
     assert uniform_layers(infos, 1.0, formats, round_to=48)["layer1.0.conv1"] == LayerSpec.tucker2(48, 48)
     target = analytic_macs(infos, {}) - 0.5 * sum(infos[n].dense_macs for n in formats)
