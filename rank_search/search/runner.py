@@ -351,6 +351,9 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
     else:  # "local": always a fresh cluster, never one left running on this machine (or a killed driver's)
         # a throwaway cluster on this machine: no auth token written into ~/.ray (RAY_AUTH_MODE wins)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Ray renices its workers to 15 by default: on a busy machine the trials then get a few
+        # percent of a core while every other process runs at full speed. Trials are the work here.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         cpus = ray_cpus()
         _say(f"starting a local Ray cluster with {cpus} CPUs ...")
         ray.init(
