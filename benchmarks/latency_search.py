@@ -137,7 +137,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fraction", type=float, default=0.7, help="latency budget as a fraction of dense")
     parser.add_argument("--macs-fraction", type=float, default=0.7, help="MACs search: budget (front mode)")
-    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=32, help="16 is too small: see RESULTS.md")
     parser.add_argument("--train-samples", type=int, default=4000)
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--epochs", type=int, default=3)
