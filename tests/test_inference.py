@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from fixtures.weights import randomize_bn_and_scales
 from torch import nn
 
 from rank_search.config import LayerSpec
@@ -29,22 +30,6 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN statistics/affine and singular values, so folding and merging matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-            elif isinstance(m, SVDConv2d | SVDLinear):
-                m.s.copy_(torch.rand(m.s.numel(), generator=g) + 0.5)
-    return model
-
-
 def _low_rank_model(name: str, input_size: tuple[int, int, int], mix: str) -> nn.Module:
     """``name`` with all factorizable layers but the first in ``mix`` ('dense', 'tucker2', 'svd', 'mixed')."""
     model = create_model(name, seed=0)
@@ -56,7 +41,7 @@ def _low_rank_model(name: str, input_size: tuple[int, int, int], mix: str) -> nn
         half = {k: max(1, v // 2) for k, v in info.full_ranks[fmt].items()}
         layers[info.name] = LayerSpec(fmt, **half)
     apply_rank_config(model, layers)
-    return _randomize(model)
+    return randomize_bn_and_scales(model)
 
 
 CASES = [
@@ -121,7 +106,7 @@ def test_fold_bn_into_conv_with_and_without_bias() -> None:
     torch.manual_seed(0)
     for bias in (False, True):
         conv, bn = nn.Conv2d(3, 4, 3, bias=bias), nn.BatchNorm2d(4)
-        _randomize(bn, seed=1)
+        randomize_bn_and_scales(bn, seed=1)
         model = nn.Sequential(conv, bn).eval()
         x = torch.randn(2, 3, 7, 7)
         expected = model(x)
@@ -162,7 +147,7 @@ class _Branchy(nn.Module):
 
 
 def test_shared_conv_output_is_not_folded() -> None:
-    model = _randomize(_Shared())
+    model = randomize_bn_and_scales(_Shared())
     assert find_conv_bn_pairs(model) == []
     exported = export_for_inference(model)
     assert any(isinstance(m, nn.BatchNorm2d) for m in exported.modules())
@@ -170,7 +155,7 @@ def test_shared_conv_output_is_not_folded() -> None:
 
 
 def test_untraceable_model_uses_hook_fallback_with_input_size() -> None:
-    model = _randomize(_Branchy())
+    model = randomize_bn_and_scales(_Branchy())
     with pytest.warns(UserWarning, match="not folded"):
         unfolded = export_for_inference(model)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in unfolded.modules()) == 2
@@ -181,7 +166,7 @@ def test_untraceable_model_uses_hook_fallback_with_input_size() -> None:
 
 
 def test_hook_fallback_refuses_a_wrong_fold() -> None:
-    model = _randomize(_Branchy(shared=True))
+    model = randomize_bn_and_scales(_Branchy(shared=True))
     with pytest.raises(RankSearchError, match="fold_bn=False"):
         export_for_inference(model, input_size=(3, 8, 8))
     assert check_equivalence(model, export_for_inference(model, fold_bn=False), (3, 8, 8)).ok

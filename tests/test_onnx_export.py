@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from fixtures.weights import randomize_bn_and_scales
 from torch import nn
 
 from rank_search.cli import main
@@ -46,18 +47,7 @@ def _config(name: str, input_size: tuple[int, int, int], mix: str) -> RankConfig
 
 def _run_folder(tmp_path: Path, config: RankConfig) -> Path:
     """A run folder as ``rank-search train`` writes it, with non-trivial BN statistics and scales."""
-    model = config.build(seed=0)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-            elif isinstance(m, SVDConv2d | SVDLinear):
-                m.s.copy_(torch.rand(m.s.numel(), generator=g) + 0.5)
+    model = randomize_bn_and_scales(config.build(seed=0), seed=1)
     run = tmp_path / "run"
     run.mkdir()
     save_rank_config(config, run / "config.json")
