@@ -227,3 +227,31 @@ def test_grace_period_is_only_checked_when_asha_is_on() -> None:
     assert study.asha.enabled is False
     with pytest.raises(ConfigError, match="grace_period"):
         parse_study({**MINIMAL, "epochs_per_trial": 1, "asha": {"enabled": True, "grace_period": 2}})
+
+
+@pytest.mark.parametrize("mode", ["at_budget", "front"])
+def test_resume_tells_optuna_how_trials_it_holds_running_ended(tmp_path: Path, mode: str) -> None:
+    """A driver killed between a trial's final record and Optuna's ``tell`` leaves the Optuna trial
+    RUNNING. Before ``--resume`` it is told from the record (the source of truth), so it counts
+    against the planned total instead of being sampled again; a trial with no final record stays."""
+    from rank_search.search.records import TrialRecord, write_record
+    from rank_search.search.runner import _settle_ended_optuna_trials, open_storage, prepare
+
+    data = {**MINIMAL, "mode": mode, "data_options": {"max_train_samples": 200}}
+    plan = prepare(load_study(write(tmp_path, data)), tmp_path / "out")
+    plan.out_dir.mkdir(parents=True)
+    directions = ["maximize", "minimize"] if mode == "front" else ["maximize"]
+    storage = open_storage(plan.storage_url, writer=True)
+    study = optuna.create_study(study_name=plan.study_name, storage=storage, directions=directions)
+    asked = [study.ask() for _ in range(4)]
+    outcomes = [("completed", 4, 0.8), ("stopped", 2, 0.6), ("failed", 1, None), ("running", 1, None)]
+    for trial, (status, epochs, acc) in zip(asked, outcomes):
+        record = TrialRecord(f"t{trial.number}", 4, {}, 1000 + trial.number, 2000, 10, trial.number)
+        record.status, record.epochs, record.val_accuracy = status, epochs, acc
+        write_record(plan.out_dir, record)
+    _settle_ended_optuna_trials(plan)
+    states = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan.storage_url)).trials
+    TS = optuna.trial.TrialState
+    assert [t.state for t in states] == [TS.COMPLETE, TS.PRUNED, TS.FAIL, TS.RUNNING]
+    assert states[0].values == ([0.8, 1000.0] if mode == "front" else [0.8])
+    assert [t.user_attrs.get("epochs") for t in states] == [4, 2, 1, None]

@@ -479,6 +479,37 @@ def _restored_tuner(plan: SearchPlan, retry_failed: bool) -> Any:
     return tune.Tuner.restore(path, trainable=_trainable(plan), resume_errored=retry_failed)
 
 
+def _settle_ended_optuna_trials(plan: SearchPlan) -> None:
+    """Before ``--resume``: tell Optuna how each trial ended whose record is final but which Optuna
+    still holds RUNNING (the driver was killed between the trial's last record and its ``tell``).
+
+    The trial files are the source of truth. Told here, such a trial counts against the planned
+    total (``RankOptunaSearch.suggest``) and is not sampled again; one that Ray restarts is only
+    replayed from its record, and the searcher sees Optuna was told (``_told_before``)."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    ended = {
+        r.optuna_trial_number: r
+        for r in read_records(plan.out_dir)
+        if r.status in FINAL_STATUSES and r.optuna_trial_number is not None
+    }
+    study = optuna.load_study(study_name=plan.study_name, storage=open_storage(plan.storage_url, writer=True))
+    for trial in study.get_trials(deepcopy=False, states=(state.RUNNING,)):
+        record = ended.get(trial.number)
+        if record is None:
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "epochs", record.epochs)
+        if record.status in ("failed", "diverged") or record.val_accuracy is None:
+            study.tell(trial.number, state=state.FAIL)
+        elif record.epochs < record.epochs_planned:
+            study.tell(trial.number, state=state.PRUNED)
+        elif plan.study.mode == "front":
+            study.tell(trial.number, [record.val_accuracy, _cost(record, plan.axis)])
+        else:
+            study.tell(trial.number, record.val_accuracy)
+
+
 def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
     """Optuna trials left RUNNING by a killed driver (never run by Ray) are marked FAIL."""
     import optuna
@@ -563,6 +594,8 @@ def run_search(
     status = "interrupted"
     shutdown = _init_ray(address, verbose)
     try:
+        if resume:
+            _settle_ended_optuna_trials(plan)
         tuner = _restored_tuner(plan, retry_failed) if resume else _new_tuner(plan, verbose)
         _say(
             f"{'resuming' if resume else 'running'} {plan.study.trials} trials of "
