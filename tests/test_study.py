@@ -255,3 +255,31 @@ def test_resume_tells_optuna_how_trials_it_holds_running_ended(tmp_path: Path, m
     assert [t.state for t in states] == [TS.COMPLETE, TS.PRUNED, TS.FAIL, TS.RUNNING]
     assert states[0].values == ([0.8, 1000.0] if mode == "front" else [0.8])
     assert [t.user_attrs.get("epochs") for t in states] == [4, 2, 1, None]
+
+
+def test_finish_without_records_and_with_one_at_budget(tmp_path: Path) -> None:
+    """An early Ctrl-C (no trial record yet) ends with no best and no error; with records, the one
+    fully-trained trial within the budget is exported to best.json and the one over it is not on
+    the reported front."""
+    from rank_search._io import atomic_write_json
+    from rank_search.search.records import TrialRecord, write_record
+    from rank_search.search.runner import MANIFEST, _finish, _manifest, prepare
+    from tests.fixtures.searchdir import config_dict
+
+    plan = prepare(
+        load_study(write(tmp_path, {**MINIMAL, "data_options": {"max_train_samples": 200}})), tmp_path / "o"
+    )
+    plan.out_dir.mkdir(parents=True)
+    atomic_write_json(plan.out_dir / MANIFEST, _manifest(plan, "interrupted", "t0", None))
+    empty = _finish(plan, "interrupted")
+    assert (empty.records, empty.best, empty.best_path, empty.front) == ([], None, None, [])
+
+    dense = plan.space.dense_macs
+    for number, (kind, macs, acc) in enumerate([("u0.25", dense // 4, 0.7), ("dense", dense, 0.9)]):
+        record = TrialRecord(f"t{number}", 4, config_dict(kind), macs, dense, 10, number)
+        record.status, record.epochs, record.val_accuracy = "completed", 4, acc
+        write_record(plan.out_dir, record)
+    outcome = _finish(plan, "completed")
+    assert outcome.best is not None and outcome.best.trial_id == "t0"
+    assert outcome.best_path == plan.out_dir / "best.json" and outcome.best_path.exists()
+    assert [r.trial_id for r in outcome.front] == ["t0"]

@@ -95,6 +95,19 @@ def export_best(
     fewer trials fit.
     """
     chosen = select_at_budget(results.trials, budget_macs, top=top, metric=metric, axis=axis)
+    return export_rows(results, chosen, budget_macs, output, axis=axis)
+
+
+def export_rows(
+    results: SearchResults,
+    chosen: pd.DataFrame,
+    budget_macs: float,
+    output: str | Path,
+    *,
+    axis: str = "macs",
+) -> list[Path]:
+    """Write the trials ``chosen`` (rows of ``results.trials``, best first, as
+    :func:`~rank_search.analysis.pareto.select_at_budget` returns them); return the paths."""
     written = []
     for place, (path, (_, row)) in enumerate(zip(output_paths(output, len(chosen)), chosen.iterrows()), 1):
         config = trial_rank_config(results, str(row["trial_id"]))

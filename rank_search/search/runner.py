@@ -527,23 +527,24 @@ def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
     selection (:func:`rank_search.analysis.pareto.select_at_budget`: fully trained, cost within
     the budget, best val_accuracy, ties to the cheaper) and of the exported provenance
     (:func:`rank_search.analysis.export.export_best`)."""
-    from ..analysis.export import export_best
-    from ..analysis.pareto import pareto_front, select_at_budget
+    from ..analysis.export import export_rows
+    from ..analysis.pareto import axis_column, pareto_front, select_at_budget
     from ..analysis.results import load_search
     from ..errors import BudgetError
 
     records = read_records(plan.out_dir)
+    if not records:  # stopped before any trial wrote a record (an early Ctrl-C)
+        return SearchOutcome(plan.out_dir, status, records, None, None, [])
     by_id = {r.trial_id: r for r in records}
     results = load_search(plan.out_dir)
-    front = [
-        by_id[str(t)] for t in pareto_front(results.trials, axis=plan.axis)["trial_id"] if str(t) in by_id
-    ]
-    front = [r for r in front if _cost(r, plan.axis) <= plan.budget]
+    on_front = pareto_front(results.trials, axis=plan.axis)
+    within = on_front[on_front[axis_column(plan.axis)] <= plan.budget] if len(on_front) else on_front
+    front = [by_id[str(t)] for t in within["trial_id"] if str(t) in by_id]
     try:
         chosen = select_at_budget(results.trials, plan.budget, axis=plan.axis)
     except BudgetError:
         return SearchOutcome(plan.out_dir, status, records, None, None, front)
-    best_path = export_best(results, plan.budget, plan.out_dir / "best.json", axis=plan.axis)[0]
+    best_path = export_rows(results, chosen, plan.budget, plan.out_dir / "best.json", axis=plan.axis)[0]
     best = by_id[str(chosen.iloc[0]["trial_id"])]
     return SearchOutcome(plan.out_dir, status, records, best, best_path, front)
 
