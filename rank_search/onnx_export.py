@@ -15,9 +15,9 @@
 4. ``torch.onnx.export`` (torch.export-based exporter), input ``input`` (N, C, H, W),
    output ``logits``, a fixed batch or a dynamic batch axis; the choice per layer, its timings and
    the source are stored as JSON in the model's ``metadata_props`` (key ``rank_search``);
-   written atomically;
 5. a check: ONNX Runtime's output against the PyTorch model's (eval mode) on a random batch;
-   the largest absolute difference is reported.
+   the largest absolute difference is reported. Only a model that passes is written (atomically);
+   on a mismatch the output path is left as it was.
 
 Needs the optional packages onnx, onnxscript and onnxruntime (``pip install 'rank-search[onnx]'``).
 """
@@ -73,6 +73,7 @@ class ExportResult:
     max_abs_diff: float = float("nan")
     max_abs_output: float = float("nan")
     check_ok: bool = False
+    written: bool = False  # False when the check failed: ``path`` was left as it was
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -238,7 +239,6 @@ def export_model(
             result.chosen = f"all {forms}"
         data = onnx_bytes(final, example, dynamic_batch=dynamic_batch, dynamo=True)
     data = _with_metadata(data, result.metadata())
-    atomic_write(output, lambda handle: handle.write(data))
     check_n = check_batch if dynamic_batch else batch_size
     x = torch.randn(check_n, *size, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
@@ -248,6 +248,9 @@ def export_model(
     result.max_abs_diff = float(diff.max())
     result.max_abs_output = float(reference.abs().max())
     result.check_ok = bool((diff <= CHECK_ATOL + CHECK_RTOL * reference.abs()).all())
+    if result.check_ok:  # a model that disagrees with PyTorch never replaces the output file
+        atomic_write(output, lambda handle: handle.write(data))
+        result.written = True
     return result
 
 

@@ -369,3 +369,20 @@ def test_load_check_warns_when_the_machine_gets_busier(monkeypatch: pytest.Monke
     spins = iter([1.0, 1.0])
     with pytest.warns(UserWarning, match="load average 99"), _device.load_check():
         pass
+
+
+@pytest.mark.parametrize("command", ["layer-speed", "latency-table"])
+def test_timing_commands_name_an_unknown_device_in_one_line(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [command, "resnet20", "--input-size", "3", "8", "8", "--device", "gpu", "--repeats", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown device 'gpu'" in err
+
+
+def test_load_check_rejects_an_unknown_device_before_timing() -> None:
+    from rank_search.latency._device import load_check
+
+    with pytest.raises(RankSearchError, match="unknown device 'gpu'"), load_check("gpu"):
+        pass

@@ -212,6 +212,35 @@ def test_export_model_bad_source_is_one_line(tmp_path: Path, capsys: pytest.Capt
     assert err.startswith("error: ") and "missing.json" in err and "Traceback" not in err
 
 
+def test_export_model_mismatch_leaves_the_output_file_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model whose ONNX Runtime output disagrees with PyTorch's is not written: the file already
+    at the output path stays, and the command exits 1 saying so."""
+    import rank_search.latency._runtime as runtime
+
+    path, out = tmp_path / "config.json", tmp_path / "m.onnx"
+    save_rank_config(_config("resnet20", (3, 16, 16), "tucker2"), path)
+    out.write_bytes(b"an earlier model")
+    real_run = runtime.run_session
+    monkeypatch.setattr(runtime, "run_session", lambda *a, **k: real_run(*a, **k) + 1.0)
+    assert main(["export-model", str(path), "-o", str(out), "--forms", "factorized"]) == 1
+    printed = capsys.readouterr().out
+    assert "NOT written (check failed)" in printed and "MISMATCH" in printed
+    assert out.read_bytes() == b"an earlier model" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_model_form_batch_needs_dynamic_batch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.json"
+    save_rank_config(_config("resnet20", (3, 16, 16), "tucker2"), path)
+    assert main(["export-model", str(path), "-o", str(tmp_path / "m.onnx"), "--form-batch", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--form-batch needs --dynamic-batch" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 # --------------------------------------------------------------------------- missing packages
 
 

@@ -261,10 +261,11 @@ def test_finish_without_records_and_with_one_at_budget(tmp_path: Path) -> None:
     """An early Ctrl-C (no trial record yet) ends with no best and no error; with records, the one
     fully-trained trial within the budget is exported to best.json and the one over it is not on
     the reported front."""
+    from fixtures.searchdir import config_dict
+
     from rank_search._io import atomic_write_json
     from rank_search.search.records import TrialRecord, write_record
     from rank_search.search.runner import MANIFEST, _finish, _manifest, prepare
-    from tests.fixtures.searchdir import config_dict
 
     plan = prepare(
         load_study(write(tmp_path, {**MINIMAL, "data_options": {"max_train_samples": 200}})), tmp_path / "o"

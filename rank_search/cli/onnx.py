@@ -43,6 +43,10 @@ def run_export_model(args: argparse.Namespace) -> int:
     from ..onnx_export import export_model
 
     batch = args.batch_size if args.batch_size is not None else 1
+    if args.form_batch is not None and not args.dynamic_batch:
+        raise RankSearchError(
+            "--form-batch needs --dynamic-batch (a fixed batch times the forms at --batch-size)"
+        )
     form_batch = args.form_batch if args.form_batch is not None else batch
     if batch < 1 or form_batch < 1 or args.threads < 1 or args.repeats < 1:
         raise RankSearchError("--batch-size, --form-batch, --threads and --repeats must be positive")
@@ -62,8 +66,8 @@ def run_export_model(args: argparse.Namespace) -> int:
     n = "N" if result.batch_size is None else result.batch_size
     shape = ", ".join(map(str, (n, *result.input_size)))
     print(
-        f"wrote {result.path}: {result.model} from {result.kind} {result.source}, "
-        f"input 'input' ({shape}), output 'logits'"
+        f"{'wrote' if result.written else 'NOT written (check failed)'} {result.path}: {result.model} "
+        f"from {result.kind} {result.source}, input 'input' ({shape}), output 'logits'"
     )
     if result.model_ms:
         times = ", ".join(f"{k} {v:.3f} ms" for k, v in result.model_ms.items())

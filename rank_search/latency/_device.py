@@ -163,7 +163,7 @@ def load_check(device: torch.device | str = "cpu", stacklevel: int = 3) -> Itera
     """Around a timing run: warn when the machine is loaded before it (:func:`warn_if_busy`), and
     when a calibration spin (:func:`spin_ms`) ran :data:`SPIN_SLOWDOWN` times slower after it than
     before (other processes took CPU time while timing: the figures are suspect)."""
-    dev = torch.device(device)
+    dev = resolve_device(device)  # an unusable device is one clear error, before any timing
     warn_if_busy(dev, stacklevel=stacklevel + 2)
     before = spin_ms()
     yield
