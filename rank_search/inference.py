@@ -50,7 +50,7 @@ __all__ = [
     "find_conv_bn_pairs",
     "fold_bn_into_conv",
     "layer_format",
-    "low_rank_modules",
+    "exported_low_rank_formats",
     "plain_low_rank",
 ]
 
@@ -312,7 +312,7 @@ def apply_form(module: nn.Sequential, form: str) -> nn.Module:
     return _merge_out(_merge_in(first, core), last)
 
 
-def low_rank_modules(exported: nn.Module) -> dict[str, str]:
+def exported_low_rank_formats(exported: nn.Module) -> dict[str, str]:
     """``{name: format}`` of the exported low-rank layers in ``exported`` (see :func:`layer_format`)."""
     return {name: fmt for name, m in exported.named_modules() if (fmt := layer_format(m)) is not None}
 

@@ -105,9 +105,9 @@ def load_source(path: str | Path) -> tuple[nn.Module, Any, str]:
 
 
 def _uniform(exported: nn.Module, form: str) -> nn.Module:
-    from .inference import apply_forms, low_rank_modules
+    from .inference import apply_forms, exported_low_rank_formats
 
-    return apply_forms(copy.deepcopy(exported), dict.fromkeys(low_rank_modules(exported), form))
+    return apply_forms(copy.deepcopy(exported), dict.fromkeys(exported_low_rank_formats(exported), form))
 
 
 @dataclass

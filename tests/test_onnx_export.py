@@ -17,7 +17,7 @@ from rank_search.cli import main
 from rank_search.config import LayerSpec, ModelSpec, RankConfig, save_rank_config
 from rank_search.convert import list_factorizable
 from rank_search.errors import RankSearchError
-from rank_search.inference import FORMS, apply_form, export_for_inference, low_rank_modules
+from rank_search.inference import FORMS, apply_form, export_for_inference, exported_low_rank_formats
 from rank_search.latency import num_threads
 from rank_search.latency._forms import choose_form, choose_forms
 from rank_search.latency._runtime import check_runtime, require
@@ -149,7 +149,7 @@ def test_choose_forms_measures_each_shape_once_and_records_times() -> None:
     model = _config("resnet20", (3, 16, 16), "mixed").build(seed=0)
     exported = export_for_inference(model, channels_last=False, input_size=(3, 16, 16))
     choices = choose_forms(exported, torch.randn(1, 3, 16, 16), repeats=1, warmup=0, min_sample_ms=0.0)
-    assert set(choices) == set(low_rank_modules(exported))
+    assert set(choices) == set(exported_low_rank_formats(exported))
     for choice in choices.values():
         assert set(choice.times_ms) == set(FORMS[choice.format])
         assert choice.times_ms[choice.form] == min(choice.times_ms.values())

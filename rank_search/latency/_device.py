@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import platform
 import re
@@ -133,6 +134,8 @@ def warn_if_busy(device: torch.device, stacklevel: int = 3) -> None:
     descheduled and multi-threaded CPU timings can grow tenfold; ``OMP_WAIT_POLICY=PASSIVE``
     (set before Python starts) avoids the worst of it.
     """
+    if _LOAD_CHECKED.get():  # inside load_check, which has warned already (once per command)
+        return
     load, cores = load_average(), os.cpu_count() or 1
     if load is not None and load > 0.75 * cores:
         warnings.warn(
@@ -141,6 +144,10 @@ def warn_if_busy(device: torch.device, stacklevel: int = 3) -> None:
             stacklevel=stacklevel,
         )
 
+
+_LOAD_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "rank_search_load_checked", default=False
+)
 
 SPIN_SLOWDOWN = 1.25  # a calibration spin this much slower after timing than before: warn
 
@@ -165,9 +172,13 @@ def load_check(device: torch.device | str = "cpu", stacklevel: int = 3) -> Itera
     before (other processes took CPU time while timing: the figures are suspect)."""
     dev = resolve_device(device)  # an unusable device is one clear error, before any timing
     warn_if_busy(dev, stacklevel=stacklevel + 2)
-    before = spin_ms()
-    yield
-    after = spin_ms()
+    token = _LOAD_CHECKED.set(True)  # the timing code inside does not warn about the load again
+    try:
+        before = spin_ms()
+        yield
+        after = spin_ms()
+    finally:
+        _LOAD_CHECKED.reset(token)
     if after > SPIN_SLOWDOWN * before:
         warnings.warn(
             f"a calibration spin ran {after / before:.2f}x slower after timing than before "

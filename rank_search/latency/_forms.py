@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..inference import FORMS, apply_form, layer_format
+from ..inference import FORMS, apply_form, exported_low_rank_formats, layer_format
 from ._device import num_threads
 from ._runtime import runner
 from ._timing import Spread, summarize, time_interleaved
@@ -140,15 +140,13 @@ def choose_forms(
 
     ``timing`` goes to :func:`time_forms` (``repeats``, ``warmup``, ``min_sample_ms``).
     """
-    names = [name for name, m in exported.named_modules() if layer_format(m) is not None]
-    inputs = layer_inputs(exported, names, example)
+    formats = exported_low_rank_formats(exported)
+    inputs = layer_inputs(exported, list(formats), example)
     cache: dict[tuple[Any, ...], dict[str, float]] = {}
     choices = {}
-    for name in names:
+    for name, fmt in formats.items():
         layer = exported.get_submodule(name)
         assert isinstance(layer, nn.Sequential)
-        fmt = layer_format(layer)
-        assert fmt is not None
         key = _shape_key(layer, inputs[name])
         if key not in cache:
             spreads = time_forms(layer, inputs[name], runtime=runtime, threads=threads, **timing)

@@ -116,16 +116,13 @@ class RecordCallback(Callback):  # type: ignore[misc]
         known = {t.trial_id: t for t in trials}
         folder = Path(self.out_dir) / "trials"
         for path in sorted(folder.glob("*.json")):
-            trial = known.get(path.stem)
-            if trial is None and read_record(path).status in FINAL_STATUSES:
+            record, trial = read_record(path), known.get(path.stem)
+            if record.status in FINAL_STATUSES:
                 continue
             if trial is None:
                 lost = folder / "lost"
                 lost.mkdir(exist_ok=True)
                 shutil.move(str(path), lost / path.name)
-                continue
-            record = read_record(path)
-            if record.status in FINAL_STATUSES:
                 continue
             if trial.status in ("TERMINATED", "ERROR"):
                 error = _error_text(trial) if trial.status == "ERROR" else None

@@ -32,7 +32,6 @@ from ..regularizers import (
     dprp_compression_loss,
     dprp_structure_loss,
     dso,
-    orthogonality_penalty,
     penalty_of_matrices,
 )
 from .config import DPRPConfig, TrainConfig
@@ -184,15 +183,6 @@ def _per_matrix_sum(matrices: list[Tensor], kind: str) -> Tensor:
     for matrix in matrices:
         total = total + (dso(matrix, remove_floor=True) if kind == "dso" else REGULARIZERS[kind](matrix))
     return total
-
-
-def _batched_penalty(model: nn.Module, kind: str) -> Tensor:
-    return orthogonality_penalty(model, kind, remove_floor=True)
-
-
-def _per_matrix_penalty(model: nn.Module, kind: str) -> Tensor:
-    """Same value as :func:`_batched_penalty`, summed matrix by matrix."""
-    return _per_matrix_sum([m for _, layer in low_rank_modules(model) for m in layer.factor_matrices()], kind)
 
 
 def _device_of(model: nn.Module) -> torch.device:
