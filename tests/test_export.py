@@ -108,3 +108,20 @@ def test_export_from_a_running_search_ignores_unfinished_trials(tmp_path: Path) 
     results = load_search(directory)
     [path] = export_best(results, results.dense_macs, tmp_path / "best.json")  # type: ignore[arg-type]
     assert json.loads(path.read_text())["provenance"]["trial_id"] == "c1"
+
+
+def test_export_keeps_uniform_when_the_lead_is_noise_and_says_why(tmp_path: Path) -> None:
+    """Trials recorded with their validation size: a 1-point lead on 2,000 images is within the noise
+    margin, so best.json is the uniform starting point and its provenance says why."""
+    search = make_search_dir(
+        tmp_path / "s",
+        [T("u", "u0.5", acc=0.80, tags=["uniform"], number=0, val_size=2000),
+         T("b", "B", acc=0.81, number=1, val_size=2000)],
+    )  # fmt: skip
+    results = load_search(search)
+    path = export_best(results, results.dense_macs, tmp_path / "best.json")[0]
+    provenance = json.loads(path.read_text())["provenance"]
+    assert provenance["trial_id"] == "u"
+    assert "kept the uniform starting point (trial u)" in provenance["selection"]
+    path = export_best(results, results.dense_macs, tmp_path / "plain.json", noise_z=0)[0]
+    assert json.loads(path.read_text())["provenance"]["trial_id"] == "b"

@@ -10,10 +10,12 @@ import pytest
 
 from rank_search.analysis.pareto import (
     fit_front,
+    noise_margin,
     non_dominated,
     pareto_front,
     resolve_budget,
     select_at_budget,
+    selection_note,
 )
 from rank_search.errors import BudgetError, RankSearchError
 
@@ -148,6 +150,40 @@ def test_select_best_and_top_k_with_tie_breaks() -> None:
     assert len(select_at_budget(frame, 1000, top=50)) == 5
     with pytest.raises(RankSearchError, match="--top"):
         select_at_budget(frame, 250, top=0)
+
+
+def _with_uniform(frame: pd.DataFrame, uniform: str, val_size: float) -> pd.DataFrame:
+    frame["tags"] = [["uniform"] if t == uniform else [] for t in frame["trial_id"]]
+    frame["val_size"] = val_size
+    return frame
+
+
+def test_noise_margin_is_two_standard_errors_of_a_difference() -> None:
+    assert noise_margin(0.5, 0.5, 2000) == pytest.approx(2 * math.sqrt(0.5 / 2000))
+    assert noise_margin(0.46, 0.45, 2000) == pytest.approx(0.0315, abs=5e-4)
+    assert noise_margin(0.46, 0.45, 2000, z=0) == 0
+
+
+def test_uniform_starting_point_is_kept_unless_beaten_beyond_the_noise() -> None:
+    """The evidence run's case: the best trial leads uniform by 1.4 points on 2,000 validation
+    images (margin 3.2 points), so uniform is selected and the note says why; a lead beyond the
+    margin, a search without a uniform trial, records without val_size or noise_z=0 select plain
+    best-first."""
+    rows = [("u", 500, 0.4495), ("s", 499, 0.4635), ("t", 500, 0.455), ("over", 600, 0.9)]
+    chosen = select_at_budget(_with_uniform(trials(*rows), "u", 2000), 500, top=3)
+    assert chosen["trial_id"].tolist() == ["u", "s", "t"]
+    note = selection_note(chosen)
+    assert note is not None and "trial s led it by 0.0140" in note and "2000 validation images" in note
+    plain = select_at_budget(_with_uniform(trials(*rows), "u", 2000), 500, top=3, noise_z=0)
+    assert plain["trial_id"].tolist() == ["s", "t", "u"] and selection_note(plain) is None
+    bigger = select_at_budget(_with_uniform(trials(*rows), "u", 50_000), 500)
+    assert bigger["trial_id"].tolist() == ["s"] and selection_note(bigger) is None  # margin 0.63 points
+    far = [("u", 500, 0.40), ("s", 499, 0.46)]
+    assert select_at_budget(_with_uniform(trials(*far), "u", 2000), 500)["trial_id"].tolist() == ["s"]
+    assert select_at_budget(_with_uniform(trials(*rows), "none", 2000), 500)["trial_id"].tolist() == ["s"]
+    unknown = _with_uniform(trials(*rows), "u", math.nan)
+    assert select_at_budget(unknown, 500)["trial_id"].tolist() == ["s"]
+    assert selection_note(select_at_budget(_with_uniform(trials(*rows), "s", 2000), 500)) is None
 
 
 def test_budget_error_names_the_cheapest_fully_trained_trial() -> None:

@@ -67,6 +67,7 @@ RECORD_KEYS = {
     "params",
     "val_accuracy",
     "best_val_accuracy",
+    "val_size",
     "history",
     "wall_time_s",
     "node_id",
@@ -126,6 +127,7 @@ def check_output(out: Path, trials: int) -> tuple[dict[str, Any], list[TrialReco
             assert record.epochs < record.epochs_planned
         if record.status == "completed":
             assert record.epochs == record.epochs_planned and record.val_accuracy is not None
+            assert record.val_size is not None and record.val_size > 0
     numbers = [r.optuna_trial_number for r in records]
     assert len(set(numbers)) == trials
     return manifest, records

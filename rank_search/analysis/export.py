@@ -4,7 +4,8 @@ The files are plain rank-config JSON (:func:`rank_search.config.save_rank_config
 as-is by ``rank-search train`` and :func:`rank_search.config.load_rank_config`. Each carries
 its origin in ``provenance``: ``source``, ``study``, ``mode``, ``trial_id``, ``optuna_trial_number``,
 ``val_accuracy``, ``epochs``, ``search_dir``, plus ``macs``, ``budget_macs`` and ``place``
-(1 = best); under a latency budget (``axis="latency"``) ``budget_macs`` is null and
+(1 = best), and ``selection`` when the uniform starting point was kept over a lead within the
+noise; under a latency budget (``axis="latency"``) ``budget_macs`` is null and
 ``latency_ms`` and ``budget_latency_ms`` are added.
 
 File names: with ``top=1`` the output path as given; with ``top=K>1`` the best goes to the
@@ -23,7 +24,7 @@ import pandas as pd
 
 from ..config import RankConfig, rank_config_from_dict, save_rank_config
 from ..errors import ConfigError
-from .pareto import select_at_budget
+from .pareto import NOISE_Z, select_at_budget, selection_note
 from .results import SearchResults
 
 
@@ -85,8 +86,13 @@ def export_best(
     top: int = 1,
     metric: str = "val_accuracy",
     axis: str = "macs",
+    noise_z: float = NOISE_Z,
 ) -> list[Path]:
     """Write the ``top`` best fully-trained configs with cost ``<= budget_macs``; return the paths.
+
+    The order is :func:`~rank_search.analysis.pareto.select_at_budget`'s (the uniform starting
+    point first when the best trial's lead over it is within ``noise_z`` standard errors; the
+    first file's ``provenance.selection`` then says so).
 
     The cost is MACs, or the predicted ``latency_ms`` for ``axis="latency"`` (budget in ms).
 
@@ -94,7 +100,7 @@ def export_best(
     when no fully-trained trial meets the budget. Fewer than ``top`` files are written when
     fewer trials fit.
     """
-    chosen = select_at_budget(results.trials, budget_macs, top=top, metric=metric, axis=axis)
+    chosen = select_at_budget(results.trials, budget_macs, top=top, metric=metric, axis=axis, noise_z=noise_z)
     return export_rows(results, chosen, budget_macs, output, axis=axis)
 
 
@@ -112,5 +118,7 @@ def export_rows(
     for place, (path, (_, row)) in enumerate(zip(output_paths(output, len(chosen)), chosen.iterrows()), 1):
         config = trial_rank_config(results, str(row["trial_id"]))
         config.provenance = provenance(results, row, place, budget_macs, axis)
+        if place == 1 and (note := selection_note(chosen)):
+            config.provenance["selection"] = note
         written.append(save_rank_config(config, path))
     return written

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BudgetError, RankSearchError
+from ..search.records import UNIFORM_TAG
 
 DIRECTIONS = ("min", "max")
 AXES = {"macs": "macs", "latency": "latency_ms"}  # axis -> trials column
@@ -269,14 +270,69 @@ def _describe(row: pd.Series, axis: str = "macs") -> str:
     return f"trial {row['trial_id']}{optuna} with {int(row['macs']):,} MACs{frac}{latency}"
 
 
+NOISE_Z = 2.0
+"""The selection keeps the search's uniform starting point first unless the best trial leads it
+by more than this many standard errors of the difference of two validation accuracies."""
+
+
+def noise_margin(a: float, b: float, val_size: float, z: float = NOISE_Z) -> float:
+    """``z`` binomial standard errors of the difference of two accuracies ``a`` and ``b``, each
+    measured on ``val_size`` images: a lead this small is what re-drawing the validation images
+    alone can give (trial-to-trial training noise comes on top)."""
+    return z * math.sqrt((a * (1 - a) + b * (1 - b)) / val_size)
+
+
+def _uniform_unless_beaten(ranked: pd.DataFrame, metric: str, z: float) -> pd.DataFrame:
+    """``ranked`` with the fitting uniform starting point moved first when the best trial's lead
+    over it is within :func:`noise_margin` (a search cannot claim an allocation it cannot tell
+    from uniform)."""
+    if z <= 0 or metric != "val_accuracy" or "val_size" not in ranked or "tags" not in ranked:
+        return ranked
+    uniform = ranked[ranked["tags"].apply(lambda tags: UNIFORM_TAG in tags)]
+    if uniform.empty or uniform.index[0] == ranked.index[0]:
+        return ranked
+    best, base = ranked.iloc[0], uniform.iloc[0]
+    size = float(base["val_size"])
+    if not (math.isfinite(size) and size > 0):
+        return ranked  # records from before val_size was kept: plain best-first
+    lead, margin = best[metric] - base[metric], noise_margin(best[metric], base[metric], size, z)
+    if lead > margin:
+        return ranked
+    out = pd.concat([uniform.iloc[:1], ranked.drop(index=uniform.index[0])])
+    out.attrs[SELECTION_NOTE] = (
+        f"kept the uniform starting point (trial {base['trial_id']}): the best trial "
+        f"{best['trial_id']} led it by {lead:.4f} in {metric}, within the noise margin {margin:.4f} "
+        f"({z:g} standard errors on {size:.0f} validation images)"
+    )
+    return out
+
+
+SELECTION_NOTE = "selection_note"
+
+
+def selection_note(chosen: pd.DataFrame) -> str | None:
+    """Why :func:`select_at_budget` put the uniform starting point first, or None when it did not."""
+    note = chosen.attrs.get(SELECTION_NOTE)
+    return str(note) if note else None
+
+
 def select_at_budget(
-    trials: pd.DataFrame, max_macs: float, *, top: int = 1, metric: str = "val_accuracy", axis: str = "macs"
+    trials: pd.DataFrame,
+    max_macs: float,
+    *,
+    top: int = 1,
+    metric: str = "val_accuracy",
+    axis: str = "macs",
+    noise_z: float = NOISE_Z,
 ) -> pd.DataFrame:
     """The ``top`` fully-trained trials with cost ``<= max_macs``, best ``metric`` first.
 
     The cost is the ``axis`` column (``max_macs`` is then in ms for ``axis="latency"``). Ties in
-    ``metric`` go to the cheaper trial, then the earlier one. Raises :class:`BudgetError` naming
-    the cheapest fully-trained trial when none fits (or when none is fully trained).
+    ``metric`` go to the cheaper trial, then the earlier one. The one exception: the search's
+    uniform starting point (tag ``uniform``) comes first when the best trial leads it by no more
+    than ``noise_z`` standard errors of the validation accuracies (:func:`noise_margin`; 0 turns
+    this off). Raises :class:`BudgetError` naming the cheapest fully-trained trial when none fits
+    (or when none is fully trained).
     """
     if top < 1:
         raise RankSearchError(f"--top must be >= 1, got {top}")
@@ -299,4 +355,7 @@ def select_at_budget(
         )
     ranked = fits.assign(_order=np.arange(len(fits)))
     ranked = ranked.sort_values([metric, column, "_order"], ascending=[False, True, True], kind="stable")
-    return ranked.drop(columns="_order").head(top)
+    ranked = _uniform_unless_beaten(ranked.drop(columns="_order"), metric, noise_z)
+    chosen = ranked.head(top)
+    chosen.attrs = dict(ranked.attrs)
+    return chosen

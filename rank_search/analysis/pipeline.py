@@ -22,7 +22,15 @@ from .._io import atomic_write, atomic_write_json, atomic_write_text
 from ..errors import BudgetError, RankSearchError
 from .allocation import Allocation, allocation_vs_uniform
 from .baselines import Baselines, baselines
-from .pareto import FrontFit, FrontPrediction, fit_front, pareto_front, resolve_budget, select_at_budget
+from .pareto import (
+    FrontFit,
+    FrontPrediction,
+    fit_front,
+    pareto_front,
+    resolve_budget,
+    select_at_budget,
+    selection_note,
+)
 from .redundancy import best_trials_label, layer_sensitivity, optuna_importances, rank_distribution
 from .results import SearchResults, flat_for_csv, has_tag, learning_curves, load_search, status_counts
 from .spectra import LayerSpectrum
@@ -292,6 +300,7 @@ def summary(analysis: Analysis) -> dict[str, Any]:
         if analysis.budget_macs and base.dense_macs > 0 else None,
         "best_at_budget": [_trial_summary(row) for _, row in analysis.selection.iterrows()],
         "selection_error": analysis.selection_error,
+        "selection_note": selection_note(analysis.selection),
         "dense": {"macs": _clean(base.dense_macs), "val_accuracy": _clean(base.dense_accuracy),
                   "trial_id": base.dense_trial_id},
         "uniform_at_budget": _trial_summary(uniform) if uniform is not None else None,

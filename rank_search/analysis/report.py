@@ -13,6 +13,7 @@ import pandas as pd
 
 from .._io import atomic_write_text
 from .._version import __version__
+from .pareto import selection_note
 
 if TYPE_CHECKING:
     from .pipeline import Analysis
@@ -92,6 +93,8 @@ def _key_numbers(analysis: Analysis) -> str:
             headers = ["place", "trial", "optuna #", "MACs", "fraction"] + (["latency ms"] if latency else [])
             headers += ["val acc", "epochs", "tags"]
             parts.append(_table(headers, _trial_rows(analysis.selection, latency)))
+            if note := selection_note(analysis.selection):
+                parts.append(f"<p>{html.escape(note)}</p>")
     else:
         parts.append("<p>No budget given and none recorded in search.json.</p>")
     parts.append(

@@ -12,7 +12,8 @@ Columns of :attr:`SearchResults.trials`, in this order:
   ``val_accuracy``), ``tags`` (list of str);
 * ``macs``, ``dense_macs``, ``macs_fraction`` (= macs / dense_macs), ``params``, ``latency_ms``
   (predicted ms per batch under a latency budget; NaN for MACs searches);
-* ``val_accuracy`` (last epoch, fraction), ``best_val_accuracy``, ``wall_time_s``, ``node_id``, ``error``;
+* ``val_accuracy`` (last epoch, fraction), ``val_size`` (validation images; NaN in records
+  written before it was recorded), ``best_val_accuracy``, ``wall_time_s``, ``node_id``, ``error``;
 * ``regularizer``, ``regularizer_weight``;
 * per layer, in network (execution) order: ``format:<layer>`` (dense/tucker2/svd) and
   ``rank:<layer>``, the rank as a fraction of the layer's full rank (tucker2: the mean of
@@ -309,6 +310,7 @@ def _base_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "params": _num(record.get("params")),
         "latency_ms": _num(record.get("latency_ms")),
         "val_accuracy": accuracy,
+        "val_size": _num(record.get("val_size")),
         "best_val_accuracy": _num(record.get("best_val_accuracy")),
         "wall_time_s": _num(record.get("wall_time_s")),
         "node_id": record.get("node_id"),

@@ -42,6 +42,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("directory", metavar="DIR", help="search directory (with search.json)")
     _budget_args(p, required=True)
     p.add_argument("--top", type=int, default=1, metavar="K", help="export the K best (default 1)")
+    p.add_argument("--noise-z", type=float, default=2.0, metavar="Z",
+                   help="keep the search's uniform starting point first unless the best trial leads it "
+                        "by more than Z standard errors of the validation accuracies (default 2; 0: "
+                        "plain best first)")  # fmt: skip
     p.add_argument("-o", "--output", default="best.json", help="output file or folder (default best.json)")
     p.set_defaults(run=run_export)
 
@@ -67,6 +71,10 @@ def run_analyze(args: argparse.Namespace) -> int:
         print(f"no config at the budget: {analysis.selection_error}")
     elif not analysis.selection.empty:
         print(_selection_table(analysis.selection, analysis.axis == "latency"))
+        from ..analysis.pareto import selection_note
+
+        if note := selection_note(analysis.selection):
+            print(f"selection: {note}")
     print(f"front: {analysis.fit.message}")
     print(f"wrote {written['report'][0]}")
     return 0
@@ -87,6 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..analysis.export import export_best
     from ..analysis.pareto import resolve_budget
     from ..analysis.results import load_search
+    from ..config import load_rank_config
     from ..errors import RankSearchError
 
     results = load_search(args.directory)
@@ -98,6 +107,9 @@ def run_export(args: argparse.Namespace) -> int:
         budget = resolve_budget(results.dense_macs, fraction=args.budget, max_macs=args.max_macs)
     assert budget is not None  # the argument group is required
     axis = "latency" if args.max_latency_ms is not None else "macs"
-    for path in export_best(results, budget, args.output, top=args.top, axis=axis):
-        print(f"wrote {path}")
+    if not args.noise_z >= 0:
+        raise RankSearchError(f"--noise-z must be >= 0, got {args.noise_z}")
+    for path in export_best(results, budget, args.output, top=args.top, axis=axis, noise_z=args.noise_z):
+        note = load_rank_config(path).provenance.get("selection")
+        print(f"wrote {path}" + (f" ({note})" if note else ""))
     return 0

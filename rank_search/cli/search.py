@@ -90,5 +90,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         f"({human(best.macs)}, {best.macs / best.dense_macs:.3f} of dense)"
         + (f", predicted latency {best.latency_ms:.3f} ms" if best.latency_ms is not None else "")
     )
+    if outcome.selection:
+        print(f"selection: {outcome.selection}")
     print(f"best rank config: {outcome.best_path}")
     return 0 if outcome.status == "finished" else 130

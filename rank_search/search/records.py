@@ -48,6 +48,7 @@ __all__ = [
 
 STATUSES = ("running", "completed", "stopped", "failed", "diverged", "interrupted")
 FINAL_STATUSES = ("completed", "stopped", "failed", "diverged")
+UNIFORM_TAG = "uniform"  # the search's uniform starting point (the baseline selection compares with)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class TrialRecord:
     projection: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
     threads: dict[str, Any] = field(default_factory=dict)
+    val_size: int | None = None  # images in the validation split (the selection's noise level)
 
     def add_epoch(self, entry: dict[str, Any]) -> None:
         """Append one epoch (keys :data:`HISTORY_KEYS`) and update the accuracy fields."""

@@ -45,7 +45,7 @@ from .._rundir import refuse_other_kind
 from .._version import __version__
 from ..errors import ConfigError, RankSearchError
 from .budget import MACS, CostModel, LatencyCost, check_budget, uniform_sample
-from .records import FINAL_STATUSES, TrialRecord, read_records
+from .records import FINAL_STATUSES, UNIFORM_TAG, TrialRecord, read_records
 from .space import ResolvedSpace, load_space, resolve_space
 from .study import Study, parse_study
 from .trainable import TrialSetup
@@ -107,6 +107,7 @@ class SearchOutcome:
     best: TrialRecord | None
     best_path: Path | None
     front: list[TrialRecord] = field(default_factory=list)
+    selection: str | None = None  # why the uniform starting point was kept (analysis.pareto)
 
 
 # --- planning -------------------------------------------------------------------------------------
@@ -139,7 +140,7 @@ def _starting_points(
     if study.starting_points.uniform:
         points.append(
             (
-                "uniform",
+                UNIFORM_TAG,
                 space.params(uniform_sample(space, budget, train_defaults=train_defaults, cost=cost)),
             )
         )
@@ -528,7 +529,7 @@ def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
     the budget, best val_accuracy, ties to the cheaper) and of the exported provenance
     (:func:`rank_search.analysis.export.export_best`)."""
     from ..analysis.export import export_rows
-    from ..analysis.pareto import axis_column, pareto_front, select_at_budget
+    from ..analysis.pareto import axis_column, pareto_front, select_at_budget, selection_note
     from ..analysis.results import load_search
     from ..errors import BudgetError
 
@@ -546,7 +547,7 @@ def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
         return SearchOutcome(plan.out_dir, status, records, None, None, front)
     best_path = export_rows(results, chosen, plan.budget, plan.out_dir / "best.json", axis=plan.axis)[0]
     best = by_id[str(chosen.iloc[0]["trial_id"])]
-    return SearchOutcome(plan.out_dir, status, records, best, best_path, front)
+    return SearchOutcome(plan.out_dir, status, records, best, best_path, front, selection_note(chosen))
 
 
 def _cost(record: TrialRecord, axis: str) -> float:

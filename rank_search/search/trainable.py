@@ -250,6 +250,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
             raise RuntimeError("injected error (test fault)")
         train = train_config_from_dict({**setup.train, **plan.get("train", {})})
         data = cached_data(setup)
+        record.val_size = int(data.split_size("val"))
         with tempfile.TemporaryDirectory(prefix="rank-search-resume-") as work:
             resume_from = _restore_checkpoint(Path(work))
             result = fit(rank_config, data, train, callback=reporter, resume_from=resume_from)
