@@ -284,3 +284,16 @@ def test_finish_without_records_and_with_one_at_budget(tmp_path: Path) -> None:
     assert outcome.best is not None and outcome.best.trial_id == "t0"
     assert outcome.best_path == plan.out_dir / "best.json" and outcome.best_path.exists()
     assert [r.trial_id for r in outcome.front] == ["t0"]
+
+
+def test_a_relative_data_root_is_made_absolute_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials run in Ray workers with another working directory: the study carries the root
+    resolved where the search was started (a relative root failed every trial with 'root does
+    not exist')."""
+    monkeypatch.chdir(tmp_path)
+    study = parse_study({**MINIMAL, "data": "imagefolder:runs/data"})
+    assert study.data == f"imagefolder:{tmp_path.resolve() / 'runs' / 'data'}"
+    assert parse_study({**MINIMAL, "data": "imagefolder:/abs/data"}).data == "imagefolder:/abs/data"
+    assert parse_study(MINIMAL).data == "builtin"

@@ -5,7 +5,7 @@ Schema (every key but ``model``, ``data``, ``space`` and ``budget`` has a defaul
     name: resnet20-cifar10         # default: the file's stem; letters, digits, '_', '-', '.'
     description: "..."
     model: resnet20                # see `rank-search models`
-    data: cifar10:/path/to/cifar   # builtin | cifar10:ROOT | cifar100:ROOT | imagefolder:ROOT
+    data: cifar10:/path/to/cifar   # builtin | cifar10:ROOT | cifar100:ROOT | imagefolder:ROOT (relative: cwd)
     data_options: {val_fraction: 0.1, max_train_samples: null, ...}   # rank_search.data.DataOptions
     space: cifar-resnet            # a path (absolute, or relative to this file or the working
                                    #   directory) or the name of a file in the repo's spaces/
@@ -285,9 +285,14 @@ def _model(name: str) -> str:
 
 
 def _data(spec: str) -> str:
+    """The data spec with its root made absolute (from the current directory): trials run in
+    Ray workers whose working directory is not the driver's."""
     from ..data.spec import parse_data_spec
 
-    return str(parse_data_spec(spec))
+    parsed = parse_data_spec(spec)
+    if parsed.root is None or parsed.root.is_absolute():
+        return str(parsed)
+    return f"{parsed.kind}:{parsed.root.resolve()}"
 
 
 def _asha(data: Any, epochs: int) -> AshaSettings:
