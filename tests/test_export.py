@@ -125,3 +125,21 @@ def test_export_keeps_uniform_when_the_lead_is_noise_and_says_why(tmp_path: Path
     assert "kept the uniform starting point (trial u)" in provenance["selection"]
     path = export_best(results, results.dense_macs, tmp_path / "plain.json", noise_z=0)[0]
     assert json.loads(path.read_text())["provenance"]["trial_id"] == "b"
+
+
+def test_cli_export_prints_the_selection_and_takes_noise_z(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    search = make_search_dir(
+        tmp_path / "s",
+        [T("u", "u0.5", acc=0.80, tags=["uniform"], number=0, val_size=2000),
+         T("b", "B", acc=0.81, number=1, val_size=2000)],
+    )  # fmt: skip
+    args = ["export", str(search), "--budget", "1.0"]
+    assert main([*args, "-o", str(tmp_path / "a.json")]) == 0
+    assert "selection: kept the uniform starting point (trial u)" in capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "b.json"), "--noise-z", "0"]) == 0
+    assert "selection:" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b.json").read_text())["provenance"]["trial_id"] == "b"
+    assert main([*args, "-o", str(tmp_path / "c.json"), "--noise-z", "-1"]) == 2
+    assert "--noise-z must be >= 0" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("directory", metavar="DIR", help="search directory (with search.json)")
     _budget_args(p, required=True)
     p.add_argument("--top", type=int, default=1, metavar="K", help="export the K best (default 1)")
-    p.add_argument("--noise-z", type=float, default=2.0, metavar="Z",
+    p.add_argument("--noise-z", type=float, metavar="Z",
                    help="keep the search's uniform starting point first unless the best trial leads it "
                         "by more than Z standard errors of the validation accuracies (default 2; 0: "
                         "plain best first)")  # fmt: skip
@@ -92,10 +92,9 @@ def _selection_table(selection: Any, latency: bool) -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..analysis.export import export_best
-    from ..analysis.pareto import resolve_budget
+    from ..analysis.export import export_rows
+    from ..analysis.pareto import NOISE_Z, resolve_budget, select_at_budget, selection_note
     from ..analysis.results import load_search
-    from ..config import load_rank_config
     from ..errors import RankSearchError
 
     results = load_search(args.directory)
@@ -107,9 +106,12 @@ def run_export(args: argparse.Namespace) -> int:
         budget = resolve_budget(results.dense_macs, fraction=args.budget, max_macs=args.max_macs)
     assert budget is not None  # the argument group is required
     axis = "latency" if args.max_latency_ms is not None else "macs"
-    if not args.noise_z >= 0:
-        raise RankSearchError(f"--noise-z must be >= 0, got {args.noise_z}")
-    for path in export_best(results, budget, args.output, top=args.top, axis=axis, noise_z=args.noise_z):
-        note = load_rank_config(path).provenance.get("selection")
-        print(f"wrote {path}" + (f" ({note})" if note else ""))
+    noise_z = NOISE_Z if args.noise_z is None else args.noise_z
+    if not noise_z >= 0:
+        raise RankSearchError(f"--noise-z must be >= 0, got {noise_z}")
+    chosen = select_at_budget(results.trials, budget, top=args.top, axis=axis, noise_z=noise_z)
+    for path in export_rows(results, chosen, budget, args.output, axis=axis):
+        print(f"wrote {path}")
+    if note := selection_note(chosen):
+        print(f"selection: {note}")
     return 0
