@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from ..search.records import UNIFORM_TAG
 from .results import SearchResults, has_tag
 
 
@@ -44,5 +45,5 @@ def baselines(results: SearchResults, metric: str = "val_accuracy") -> Baselines
         best = dense_rows.sort_values(metric, ascending=False, kind="stable").iloc[0]
         dense_accuracy, dense_id = float(best[metric]), str(best["trial_id"])
     dense_macs = float(results.dense_macs) if results.dense_macs else math.nan
-    uniform = full[has_tag(full, "uniform")].sort_values("macs", kind="stable")
+    uniform = full[has_tag(full, UNIFORM_TAG)].sort_values("macs", kind="stable")
     return Baselines(dense_macs, dense_accuracy, dense_id, uniform)

@@ -25,6 +25,7 @@ import pandas as pd
 
 from ..errors import BudgetError, RankSearchError
 from ..search.records import UNIFORM_TAG
+from .results import has_tag
 
 DIRECTIONS = ("min", "max")
 AXES = {"macs": "macs", "latency": "latency_ms"}  # axis -> trials column
@@ -288,7 +289,7 @@ def _uniform_unless_beaten(ranked: pd.DataFrame, metric: str, z: float) -> pd.Da
     from uniform)."""
     if z <= 0 or metric != "val_accuracy" or "val_size" not in ranked or "tags" not in ranked:
         return ranked
-    uniform = ranked[ranked["tags"].apply(lambda tags: UNIFORM_TAG in tags)]
+    uniform = ranked[has_tag(ranked, UNIFORM_TAG)]
     if uniform.empty or uniform.index[0] == ranked.index[0]:
         return ranked
     best, base = ranked.iloc[0], uniform.iloc[0]
