@@ -137,7 +137,9 @@ def test_dense_config_predicts_the_dense_model_measurement(tmp_path: Path) -> No
 
 
 def test_reference_config_predicts_its_measurement(tmp_path: Path) -> None:
-    table = _table(tmp_path, layer_timer=_fake_timer)
+    from fixtures.timing import macs_model_timer
+
+    table = _table(tmp_path, layer_timer=_fake_timer, model_timer=macs_model_timer)
     names = [n for n, i in _infos().items() if i.allows("tucker2")]
     reference = uniform_config("resnet20", 10, TINY, 0.5, names, "tucker2")
     predicted = table.predict(reference, 1)

@@ -7,7 +7,7 @@ search itself finds every entry there and never measures."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,12 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from fixtures.timing import macs_model_timer, macs_timer
 
 from rank_search.analysis.pipeline import compute_analysis
 from rank_search.cli import main
 from rank_search.config import load_rank_config
-from rank_search.convert import LayerInfo, list_factorizable
+from rank_search.convert import list_factorizable
 from rank_search.errors import BudgetError, ConfigError, RankSearchError
 from rank_search.latency import LatencyBudget, LatencyTable, TimingSettings, num_threads
 from rank_search.models import create_model
@@ -49,21 +50,16 @@ MIXED = {
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:load average:UserWarning")
 
 
-def macs_timer(info: LayerInfo, fmt: str, ranks: Mapping[str, int], batch_size: int) -> float:
-    """A deterministic stand-in for layer timing: a per-kernel overhead plus time per MAC."""
-    kernels = {"dense": 1, "svd": 2, "tucker2": 3}[fmt]
-    return 0.005 * kernels + 2e-7 * batch_size * info.macs(fmt, ranks)
-
-
 def fast_table(
     cache: Path, model: str, size: tuple[int, int, int], batch: int, formats: list[str]
 ) -> LatencyTable:
     """A one-thread table in ``cache`` with the grid of ``formats`` filled in.
 
-    Layer times come from :func:`macs_timer`, so what the tests assert cannot depend on the
-    machine's load; real timing is covered by the slow end-to-end search and the benchmarks."""
+    Layer and whole-model times come from :mod:`fixtures.timing`, so what the tests assert cannot
+    depend on the machine's load; real timing is covered by the slow end-to-end search and the
+    benchmarks."""
     table = LatencyTable.load_or_create(
-        "cpu", threads=1, cache_dir=cache, settings=FAST, layer_timer=macs_timer
+        "cpu", threads=1, cache_dir=cache, settings=FAST, layer_timer=macs_timer, model_timer=macs_model_timer
     )
     table.prefill(model, size, batch, formats)
     return table

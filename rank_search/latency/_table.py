@@ -84,6 +84,7 @@ VERSION = 1
 KERNELS = {"dense": 1, "tucker2": 3, "svd": 2}  # conv/linear kernels a layer launches per format
 REFERENCE_RATIO = 0.5
 LayerTimer = Callable[[LayerInfo, str, Mapping[str, int], int], float]
+ModelTimer = Callable[[torch.nn.Module, Sequence[int], int], float]
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ class LatencyTable:
 
     Create with :meth:`load_or_create`. ``measurements`` counts the timings this object ran.
     ``interpolate=True`` measures grid points only (a bounded table) and interpolates every
-    other rank. ``layer_timer`` replaces the real layer timing (tests, simulations).
+    other rank. ``layer_timer`` replaces the real layer timing and ``model_timer`` the real
+    whole-model timing (tests, simulations).
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class LatencyTable:
         cache_dir: str | Path | None = None,
         settings: TimingSettings | None = None,
         layer_timer: LayerTimer | None = None,
+        model_timer: ModelTimer | None = None,
         interpolate: bool = False,
         runtime: str = "torch",
     ) -> None:
@@ -181,6 +184,7 @@ class LatencyTable:
         self.measurements = 0
         self.interpolate = interpolate
         self._layer_timer = layer_timer
+        self._model_timer = model_timer
         self._dirty = False
         self._infos: dict[tuple[Any, ...], list[LayerInfo]] = {}
 
@@ -430,6 +434,9 @@ class LatencyTable:
 
     def measure_model(self, model: torch.nn.Module, input_size: Sequence[int], batch_size: int) -> Spread:
         """Time any model (exported for inference here) with this table's settings."""
+        if self._model_timer is not None:
+            ms = float(self._model_timer(model, input_size, batch_size))
+            return Spread(ms, ms, ms, ms, ms, 1)
         from ..inference import export_for_inference
 
         exported = export_for_inference(
