@@ -175,6 +175,12 @@ def test_search_at_budget_end_to_end_with_failing_trials(
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    raises=TypeError,
+    strict=False,
+    reason="known flake, not yet fixed: as the second search in one process, Ray's Tuner.__init__ "
+    "sometimes fails to pickle its state ('cannot pickle _thread.lock'); any other failure fails",
+)
 def test_search_front_mode(ray_session: None, tmp_path: Path) -> None:
     _, study = make_study(
         tmp_path,
