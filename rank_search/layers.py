@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .cost import conv_macs, linear_macs
 
 __all__ = [
+    "HOOI_SWEEPS",
     "LOW_RANK_CONV_CLASSES",
     "ConvLike",
     "LowRankLayer",
@@ -42,6 +43,7 @@ __all__ = [
     "low_rank_class",
     "low_rank_modules",
     "make_low_rank",
+    "tucker2_hooi",
     "unfactorizable_reason",
 ]
 
@@ -179,6 +181,29 @@ def _copy_bias(target: nn.Conv2d | nn.Linear, source: nn.Conv2d | nn.Linear) -> 
     """Copy ``source``'s bias into ``target`` (both have one or neither)."""
     if target.bias is not None and source.bias is not None:
         target.bias.copy_(source.bias)
+
+
+HOOI_SWEEPS = 3
+"""HOOI sweeps after the HOSVD start of a Tucker-2 decomposition (each lowers the error or keeps it)."""
+
+
+def tucker2_hooi(
+    weight: Tensor, rank_out: int, rank_in: int, sweeps: int = HOOI_SWEEPS
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Tucker-2 of a conv kernel over its two channel modes: ``(core, U_out, U_in)``.
+
+    HOSVD (leading left singular vectors of the mode-0 and mode-1 unfoldings), then ``sweeps``
+    rounds of HOOI: each factor becomes the leading left singular vectors of the kernel projected
+    on the other factor. Computed in float64, returned in ``weight``'s dtype. Exact at full rank.
+    """
+    w = weight.detach().double()
+    u_out = _leading_left_vectors(w.flatten(1), rank_out)
+    u_in = _leading_left_vectors(w.transpose(0, 1).flatten(1), rank_in)
+    for _ in range(sweeps):
+        u_out = _leading_left_vectors(torch.einsum("oikl,is->oskl", w, u_in).flatten(1), rank_out)
+        u_in = _leading_left_vectors(torch.einsum("oikl,or->irkl", w, u_out).flatten(1), rank_in)
+    core = torch.einsum("oikl,or,is->rskl", w, u_out, u_in)
+    return core.to(weight.dtype), u_out.to(weight.dtype), u_in.to(weight.dtype)
 
 
 # --------------------------------------------------------------------------- base class
@@ -416,11 +441,9 @@ class Tucker2Conv2d(LowRankLayer):
         return cls(**kwargs)
 
     def _load_dense(self, layer: Any) -> None:
-        """Truncated HOSVD of the two channel modes."""
+        """Truncated HOSVD of the two channel modes, refined by :data:`HOOI_SWEEPS` HOOI sweeps."""
         weight = _work_dtype(layer.weight)
-        u_out = _leading_left_vectors(weight.flatten(1), self.rank_out)
-        u_in = _leading_left_vectors(weight.transpose(0, 1).flatten(1), self.rank_in)
-        core = torch.einsum("oikl,or,is->rskl", weight, u_out, u_in)
+        core, u_out, u_in = tucker2_hooi(weight, self.rank_out, self.rank_in, HOOI_SWEEPS)
         self.first.weight.copy_(u_in.t().reshape_as(self.first.weight))
         self.core.weight.copy_(core)
         self.last.weight.copy_(u_out.reshape_as(self.last.weight))

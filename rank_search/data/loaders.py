@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from . import imagefolder
 from .cache import cache_file, cached_source, fingerprint_files
 from .dataset import Dataset, ResidentDataset, StreamingDataset
@@ -54,6 +55,15 @@ def _indices(labels: np.ndarray, num_test: int, opts: DataOptions) -> dict[str, 
     )
 
 
+def _checked_normalization(
+    norm: tuple[tuple[float, ...], tuple[float, ...]], channels: int, name: str
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean, std = norm
+    if len(mean) != channels:
+        raise DataError(f"{name}: mean/std give {len(mean)} values, the images have {channels} channels")
+    return mean, std
+
+
 def _resident(
     source: SourceArrays,
     name: str,
@@ -62,7 +72,8 @@ def _resident(
     opts: DataOptions,
     flip: bool,
 ) -> ResidentDataset:
-    _, height, width = source.image_shape
+    channels, height, width = source.image_shape
+    mean, std = _checked_normalization(opts.normalization((mean, std)), channels, name)
     return ResidentDataset(
         source,
         name=name,
@@ -115,7 +126,7 @@ def _load_image_folder(root: Path, opts: DataOptions) -> Dataset:
         size = imagefolder.probe_size(scan.paths("train")[0])
     count = len(scan.train) + len(scan.test)
     estimate = count * 3 * size[0] * size[1]
-    mean, std = NORMALIZATION["imagefolder"]
+    mean, std = opts.normalization(NORMALIZATION["imagefolder"])
     name = root.resolve().name
     if estimate > opts.resident_max_bytes:
         log.info("%s: ~%.2f GB decoded > resident_max_bytes: streaming with DataLoader", root, estimate / 1e9)

@@ -33,6 +33,9 @@ class DataOptions:
             (train + val + test) the streaming path is used.
         max_train_samples: cap the source train pool to a stratified subset of this many
             images before the validation split (train + val <= this); test is untouched.
+        mean, std: per-channel input normalization on [0, 1] pixels, overriding the dataset's
+            default (a trained checkpoint needs the normalization it was trained with); both or
+            neither, one value per channel.
     """
 
     val_fraction: float = 0.1
@@ -44,8 +47,18 @@ class DataOptions:
     workers: int = 4
     resident_max_bytes: int = 4 * 2**30
     max_train_samples: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise DataError("mean and std must be given together")
+        if self.mean is not None and self.std is not None:
+            mean, std = _floats("mean", self.mean), _floats("std", self.std)
+            if len(mean) != len(std) or any(v <= 0 for v in std):
+                raise DataError(f"mean and std need one value per channel and std > 0, got {mean} and {std}")
+            object.__setattr__(self, "mean", mean)
+            object.__setattr__(self, "std", std)
         if not 0.0 <= self.val_fraction < 1.0:
             raise DataError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check_min("image_size", self.image_size, 1)
@@ -63,6 +76,14 @@ class DataOptions:
         env = os.environ.get(CACHE_ENV)
         return Path(env).expanduser() if env else Path.home() / ".cache" / "rank-search"
 
+    def normalization(
+        self, default: tuple[tuple[float, ...], tuple[float, ...]]
+    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)``: the stated ones, else ``default``."""
+        if self.mean is not None and self.std is not None:
+            return self.mean, self.std
+        return default
+
     def resolved_pad(self, height: int, width: int) -> int:
         """The crop padding for images of this size."""
         return self.pad if self.pad is not None else max(1, min(height, width) // 8)
@@ -75,3 +96,13 @@ class DataOptions:
 def _check_min(name: str, value: int | None, minimum: int) -> None:
     if value is not None and value < minimum:
         raise DataError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _floats(name: str, values: object) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in values)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise DataError(f"{name} must be a list of numbers, got {values!r}") from None
+    if not out:
+        raise DataError(f"{name} must not be empty")
+    return out

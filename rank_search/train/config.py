@@ -82,6 +82,15 @@ class TrainConfig:
         checkpoint_every: epochs between checkpoints (0: only at the end); see
             :attr:`rank_search.train.TrainState.checkpoint_due`.
         dprp: dynamic rank pruning of SVD layers; ``None`` disables it.
+        init_from: trained weights to start from (a run folder, a state-dict or checkpoint file;
+            :func:`rank_search.trained.load_weights`): the dense model is loaded, the config's
+            layers decomposed at their ranks (SVD, HOSVD + HOOI) and BatchNorm recalibrated;
+            ``None`` trains from scratch.
+        init_rename: key-prefix renames applied to ``init_from``'s state dict (``{"linear": "fc"}``).
+        bn_recalibration_images: training images whose forward passes re-estimate BatchNorm
+            statistics after decomposing ``init_from`` (0: keep the trained statistics).
+        epoch_steps: at most this many optimizer steps per epoch (a fresh seeded shuffle each
+            epoch); ``None``: whole passes. Short fine-tuning trials of a compression search use it.
     """
 
     epochs: int = 30
@@ -102,6 +111,10 @@ class TrainConfig:
     eval_test: bool = False
     checkpoint_every: int = 0
     dprp: DPRPConfig | None = None
+    init_from: str | None = None
+    init_rename: dict[str, str] = dataclasses.field(default_factory=dict)
+    bn_recalibration_images: int = 2048
+    epoch_steps: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -118,6 +131,17 @@ class TrainConfig:
         _check_int("rank_multiple", self.rank_multiple, 1)
         _check_int("checkpoint_every", self.checkpoint_every, 0)
         _check_choice("speedup", self.speedup, SPEEDUPS)
+        _check_int("bn_recalibration_images", self.bn_recalibration_images, 0)
+        if self.epoch_steps is not None:
+            _check_int("epoch_steps", self.epoch_steps, 1)
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            object.__setattr__(self, "init_from", str(self.init_from))
+        if not isinstance(self.init_rename, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.init_rename.items()
+        ):
+            raise ConfigError(
+                f"expected a mapping of key prefixes, got {self.init_rename!r}", key="init_rename"
+            )
         if self.regularizer_decay is not None:
             _check_choice("regularizer_decay", self.regularizer_decay, REGULARIZER_DECAYS)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

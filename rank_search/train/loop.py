@@ -19,7 +19,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +119,7 @@ class TrainResult:
     model: nn.Module
     rank_config: RankConfig
     message: str = ""
+    init: dict[str, Any] = dataclasses.field(default_factory=dict)  # warm start: source, errors, BN images
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the model, JSON-ready (``history`` as dicts, ``rank_config`` as its dict)."""
@@ -271,6 +272,9 @@ class _Trainer:
         self.steps_per_epoch = data.num_batches("train", train.batch_size, drop_last=self.drop_last)
         if self.steps_per_epoch == 0:
             raise DataError(f"dataset '{data.name}' has an empty train split")
+        if train.epoch_steps is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, train.epoch_steps)
+        self.init_report: dict[str, Any] = {}
         self.check_window = 8 if self.cuda else 1
         self.costs = AnalyticCost.of(config)  # the layers, listed once: costs below are analytic
         self.dense_macs = self.costs.dense_macs
@@ -282,7 +286,7 @@ class _Trainer:
         if self.cuda:
             torch.backends.cudnn.benchmark = cudnn_autotune()
         torch.manual_seed(train.seed)
-        model = config.build(seed=train.seed).to(self.device)
+        model = self._initial_model(config)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if train.dprp is not None and not any(
@@ -299,6 +303,35 @@ class _Trainer:
         )
         self.step: Step = make_step(self.speedup, model, optimizer, self.objective)
         return state
+
+    def _initial_model(self, config: RankConfig) -> nn.Module:
+        """A fresh model (from scratch), or the trained ``init_from`` decomposed at ``config``'s
+        ranks with its BatchNorm statistics re-estimated on training images."""
+        train = self.train
+        if train.init_from is None:
+            return config.build(seed=train.seed).to(self.device)
+        from ..trained import recalibrate_bn, warm_model
+
+        warm = warm_model(config, train.init_from, rename=train.init_rename)
+        model = warm.model.to(self.device)
+        images = self._calibration_batches(train.bn_recalibration_images)
+        seen = recalibrate_bn(model, images) if train.bn_recalibration_images else 0
+        self.init_report = {"init_from": train.init_from, "errors": warm.errors, "bn_images": seen}
+        return model
+
+    def _calibration_batches(self, limit: int) -> Iterator[torch.Tensor]:
+        """Up to ``limit`` augmented training images in a seeded order (BatchNorm recalibration)."""
+        generator = torch.Generator(device=self.device).manual_seed(self.train.seed * 1_000_003 + 999_983)
+        seen = 0
+        batches = self.data.batches(
+            "train", batch_size=self.train.batch_size, device=self.device, train=True, generator=generator
+        )
+        for x, _ in batches:
+            if seen >= limit:
+                return
+            x = x[: limit - seen]
+            seen += int(x.shape[0])
+            yield x
 
     @staticmethod
     def _regularizer(config: RankConfig, model: nn.Module) -> str | None:
@@ -352,6 +385,8 @@ class _Trainer:
             if not watch.update(sums):
                 raise _Divergence(f"epoch {epoch}, by step {steps}")
             self.bar.update(steps)
+            if steps >= self.steps_per_epoch:
+                break
         if not watch.final(sums):
             raise _Divergence(f"epoch {epoch}, by step {steps}")
         task_mean, reg_mean = (sums / steps).tolist()
@@ -496,4 +531,5 @@ def _result(
         state.model,
         state.rank_config,
         message,
+        dict(trainer.init_report),
     )

@@ -122,6 +122,7 @@ def _data_meta(job: TrainJob, data: Dataset) -> dict[str, Any]:
         "split_seed": options.split_seed if options else None,
         "max_train_samples": options.max_train_samples if options else None,
         "image_size": options.image_size if options else None,
+        "normalization": {"mean": list(data.mean), "std": list(data.std)},
     }
 
 
@@ -204,6 +205,7 @@ def metrics_dict(job: TrainJob, result: TrainResult, meta: dict[str, Any], data:
         "device": str(torch.device(job.train.device)) if job.train.device != "auto" else _auto_device(),
         "torch_version": torch.__version__,
         **meta,
+        "init": result.init,
         "ranks": {name: spec.to_dict() for name, spec in result.rank_config.layers.items()},
         "history": [asdict(stats) for stats in result.history],
     }
