@@ -14,7 +14,7 @@ from .._version import __version__
 from ..errors import RankSearchError
 
 # modules of this package; each defines add_parsers(subparsers), whose parsers set ``run``
-MODULES = ("inspect", "train", "search", "analyze", "bench", "onnx")
+MODULES = ("inspect", "train", "compress", "search", "analyze", "bench", "onnx")
 
 
 def _module(name: str) -> ModuleType | None:

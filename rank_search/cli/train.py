@@ -1,4 +1,5 @@
-"""``rank-search train``: train a rank config (or a dense / DPRP model) from scratch into a run folder."""
+"""``rank-search train``: train a rank config (or a dense / DPRP model) into a run folder, from scratch or
+from trained weights (``--init-from``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ Train CONFIG.json (a rank config) from scratch, or a model by name with --model 
 with --dprp a full-rank SVD model whose ranks shrink during training). Writes RUN_DIR/metrics.json,
 model.pt, config.json, train_config.json and checkpoint.pt. A finished RUN_DIR is not overwritten
 without --force; an unfinished one needs --resume (continue, same settings) or --force.
+With --init-from WEIGHTS the model starts from trained weights: CONFIG's layers are decomposed
+at their ranks and BatchNorm is recalibrated, then fine-tuned (state the checkpoint's input
+normalization with --mean/--std).
 Exit status: 0 completed, 1 diverged, 2 bad input."""
 
 
@@ -34,6 +38,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="overwrite whatever run RUN_DIR holds")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     _add_train_flags(p.add_argument_group("training"))
+    add_init_flags(p.add_argument_group("warm start (compress a trained model)"))
     _add_data_flags(p.add_argument_group("data"))
     _add_dprp_flags(p.add_argument_group("DPRP (dynamic rank pruning of SVD layers)"))
     p.set_defaults(run=run_train)
@@ -64,6 +69,26 @@ def _add_train_flags(g: Any) -> None:
         metavar="N",
         help="torch threads (default: the free CPUs at start)",
     )
+    g.add_argument("--epoch-steps", type=int, help="at most this many optimizer steps per epoch")
+
+
+def add_init_flags(g: Any) -> None:
+    """Flags of a warm start from trained weights (train and compress)."""
+    g.add_argument(
+        "--init-from",
+        metavar="WEIGHTS",
+        help="trained weights to start from (run folder, state-dict or checkpoint file)",
+    )
+    g.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rename a key prefix of the weights (repeatable), e.g. linear=fc",
+    )
+    g.add_argument(
+        "--bn-images", type=int, default=2048, help="training images that recalibrate BatchNorm (0: none)"
+    )
 
 
 def _add_data_flags(g: Any) -> None:
@@ -73,6 +98,26 @@ def _add_data_flags(g: Any) -> None:
     g.add_argument("--image-size", type=int, help="imagefolder: resize to this size")
     g.add_argument("--workers", type=int, default=4, help="DataLoader workers (streamed image folders)")
     g.add_argument("--cache-dir", type=Path, help="decoded-dataset cache (default ~/.cache/rank-search)")
+    g.add_argument(
+        "--mean", type=float, nargs="+", help="input normalization mean per channel ([0, 1] pixels)"
+    )
+    g.add_argument("--std", type=float, nargs="+", help="input normalization std per channel")
+
+
+def data_options(args: argparse.Namespace) -> Any:
+    """The :class:`DataOptions` of the data flags."""
+    from ..data import DataOptions
+
+    return DataOptions(
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        cache_dir=args.cache_dir,
+        image_size=args.image_size,
+        workers=args.workers,
+        max_train_samples=args.max_train_samples,
+        mean=tuple(args.mean) if args.mean else None,
+        std=tuple(args.std) if args.std else None,
+    )
 
 
 def _add_dprp_flags(g: Any) -> None:
@@ -115,11 +160,24 @@ def _train_config(args: argparse.Namespace) -> Any:
         eval_test=True,
         checkpoint_every=args.checkpoint_every,
         dprp=dprp,
+        epoch_steps=args.epoch_steps,
+        **init_fields(args),
     )
 
 
+def init_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields of the warm-start flags."""
+    from ..trained import parse_rename
+
+    init_from = None if args.init_from is None else str(Path(args.init_from).expanduser().resolve())
+    return {
+        "init_from": init_from,
+        "init_rename": parse_rename(args.rename, "--rename"),
+        "bn_recalibration_images": args.bn_images,
+    }
+
+
 def run_train(args: argparse.Namespace) -> int:
-    from ..data import DataOptions
     from ..threads import auto_threads, available_cpus, use_threads
     from ..train.run import TrainJob, run_training
 
@@ -131,14 +189,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads is None and threads < available_cpus():
         print(f"threads: {threads} of {available_cpus()} CPUs (the others are busy; --threads N to choose)")
     use_threads(threads)
-    options = DataOptions(
-        val_fraction=args.val_fraction,
-        split_seed=args.split_seed,
-        cache_dir=args.cache_dir,
-        image_size=args.image_size,
-        workers=args.workers,
-        max_train_samples=args.max_train_samples,
-    )
+    options = data_options(args)
     job = TrainJob(
         args.output,
         _train_config(args),

@@ -154,6 +154,7 @@ def _starting_points(
             )
         sample = space.sample_from_layers(config.layers, config.regularizer, train_defaults)
         tag = "dprp" if config.provenance.get("source") == "dprp" else "config"
+        tag = str(config.provenance.get("allocation", tag))  # a compress baseline names its method
         points.append((tag, space.params(sample)))
     return points
 

@@ -78,6 +78,7 @@ _TOP_KEYS = (
     "seed",
     "storage",
     "train",
+    "init",
     "starting_points",
 )
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -268,7 +269,7 @@ def _parse_study(data: Any, source: str) -> Study:
         resources=_resources(data.get("resources")),
         seed=as_int(data.get("seed", 0), "seed", 0),
         storage=_optional_string(data.get("storage"), "storage"),
-        train=_train(data.get("train")),
+        train={**_train(data.get("train")), **_init(data.get("init"), source)},
         data_options=_data_options(data.get("data_options")),
         starting_points=_starting_points(data.get("starting_points")),
         description=_string(data.get("description", ""), "description"),
@@ -344,6 +345,38 @@ def _train(data: Any) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(exc.reason, key="train." + exc.key if exc.key else "train") from None
     return dict(data)
+
+
+def _init(data: Any, source: str) -> dict[str, Any]:
+    """``init: {from: trained, weights: PATH, rename: {linear: fc}, bn_images: N}``: warm trials
+    that decompose a trained model (TrainConfig's ``init_from`` fields); ``None`` or
+    ``{from: scratch}``: trials train from scratch. The weights path is made absolute (relative
+    to the study file's folder, then the working directory): trials run in Ray workers."""
+    from ..trained import WeightsError, parse_rename
+
+    data = _mapping(data, "init")
+    check_keys(data, ("from", "weights", "rename", "bn_images"), "init.")
+    kind = _choice(
+        data.get("from", "trained" if "weights" in data else "scratch"), ("scratch", "trained"), "init.from"
+    )
+    if kind == "scratch":
+        if set(data) - {"from"}:
+            raise ConfigError("weights, rename and bn_images need from: trained", key="init")
+        return {}
+    weights = Path(_string(require(data, "weights"), "init.weights")).expanduser()
+    if not weights.is_absolute():
+        beside = Path(source).parent / weights
+        weights = beside if beside.exists() else weights
+    if not weights.exists():
+        raise ConfigError(f"no such weights file or run folder: {weights}", key="init.weights")
+    try:
+        rename = parse_rename(data.get("rename"), "init.rename")
+    except WeightsError as exc:
+        raise ConfigError(str(exc), key="init.rename") from None
+    out: dict[str, Any] = {"init_from": str(weights.resolve()), "init_rename": rename}
+    if "bn_images" in data:
+        out["bn_recalibration_images"] = as_int(data["bn_images"], "init.bn_images", 0)
+    return out
 
 
 def _data_options(data: Any) -> dict[str, Any]:

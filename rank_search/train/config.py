@@ -208,6 +208,8 @@ def few_steps_hint(train_samples: int, train: TrainConfig) -> str | None:
     Small data sets (the built-in digits: 1,437 images) at the default batch of 256 give a few
     dozen steps; the hint names the batch size that would give enough.
     """
+    if train.init_from is not None:  # fine-tuning a trained model: a few steps are the point
+        return None
     steps = max(1, train_samples // train.batch_size) * train.epochs
     if steps >= MIN_TRAINING_STEPS:
         return None
