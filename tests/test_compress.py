@@ -150,7 +150,7 @@ def test_compress_cli_writes_every_baseline_within_budget_and_fine_tunes(tmp_pat
         [
             "compress", str(weights), "--model", "resnet20", "--budget", "0.4", "--data", "builtin",
             "-o", str(out), "--rename", "linear=fc", "--max-levels", "3", "--sensitivity-images", "64",
-            "--bn-images", "128", "--epochs", "1", "--batch-size", "64", "--val-fraction", "0.2",
+            "--bn-images", "128", "--epochs", "1", "--batch-size", "64", "--val-fraction", "0.2", "--onnx",
         ]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
@@ -165,6 +165,28 @@ def test_compress_cli_writes_every_baseline_within_budget_and_fine_tunes(tmp_pat
     metrics = json.loads((out / "finetuned" / "metrics.json").read_text())
     assert metrics["init"]["init_from"] == str(weights.resolve())
     assert metrics["macs"] <= budget and "normalization" in metrics
+    assert report["onnx"]["written"] and (out / "model.onnx").is_file()
+    assert "| sensitivity |" in (out / "compress.md").read_text()
+
+
+@pytest.mark.slow  # ResNet-18's 512-channel decompositions: half a minute on 2 idle cores
+def test_compress_a_torchvision_model_with_user_weights(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    model = randomize_bn_and_scales(create_model("resnet18", num_classes=10, seed=0), 0)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(model.state_dict(), weights)  # a torchvision weights file: a plain state dict
+    out = tmp_path / "out"
+    code = main(
+        [
+            "compress", str(weights), "--model", "resnet18", "--space", "torchvision-resnet",
+            "--budget", "0.5", "--data", "builtin", "-o", str(out), "--methods", "uniform", "energy", "--max-levels", "3",
+            "--bn-images", "64", "--val-fraction", "0.2",
+        ]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "compress.json").read_text())
+    assert [row["method"] for row in report["allocations"]] == ["uniform", "energy"]
+    assert all(row["macs"] <= report["budget_macs"] for row in report["allocations"])
+    assert report["chosen_by"].startswith("best baseline")
 
 
 def test_compress_cli_bad_weights_is_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

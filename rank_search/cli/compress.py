@@ -60,6 +60,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="final fine-tuning peak learning rate")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--onnx", action="store_true", help="export the fine-tuned model to OUT/model.onnx")
     _add_data_flags(p.add_argument_group("data"))
     p.set_defaults(run=run_compress_cli)
 
@@ -100,11 +101,19 @@ def run_compress_cli(args: argparse.Namespace) -> int:
         trial_steps=args.trial_steps,
         finetune=finetune,
         seed=args.seed,
+        onnx=args.onnx,
     )
+    if args.onnx and args.epochs == 0:
+        raise ConfigError("--onnx exports the fine-tuned model: give --epochs N > 0", key="--onnx")
     report = run_compress(job)
     print(f"chosen: {report['chosen']} ({report['chosen_by']})")
     if "finetuned" in report:
         ft = report["finetuned"]
         print(f"fine-tuned: test accuracy {100 * (ft['test_accuracy'] or 0):.2f}% -> {ft['run']}")
+    if "onnx" in report:
+        written = (
+            "written" if report["onnx"]["written"] else "NOT written (ONNX Runtime disagreed with PyTorch)"
+        )
+        print(f"onnx: {report['onnx']['path']} {written}")
     print(f"report: {Path(args.output) / 'compress.json'}")
     return 0

@@ -10,7 +10,7 @@ total MACs within the budget" exactly by dynamic programming over MACs (:func:`k
 option's MACs rounded up to the grid, so the answer never exceeds the budget).
 
 * energy: a layer's score is the fraction of its weight's energy ``||W||_F^2`` that the truncated
-  decomposition keeps (Tucker-2: ``||G||^2 / ||W||^2`` after HOSVD + HOOI; SVD: the top-r
+  decomposition keeps (Tucker-2: ``||G||^2 / ||W||^2`` of the HOSVD core; SVD: the top-r
   singular values' share), summed over the unit's layers: no data, milliseconds.
 * sensitivity: a unit's score at a level is the validation accuracy of the trained network with
   only that unit truncated (BatchNorm recalibrated), measured by :mod:`.sensitivity`.
@@ -27,7 +27,6 @@ import torch
 from torch import Tensor
 
 from ..config import LayerSpec
-from ..layers import HOOI_SWEEPS, tucker2_hooi
 from ..search.space import ResolvedSpace, Sample, UnitChoice
 
 __all__ = [
@@ -113,30 +112,57 @@ def knapsack(
     return {key: chosen[key] for key in keys}
 
 
-def retained_energy(weight: Tensor, spec: LayerSpec) -> float:
-    """Share of ``||W||_F^2`` that ``spec``'s truncated decomposition of ``weight`` keeps."""
-    w = weight.detach().double()
-    total = float(w.square().sum())
-    if spec.format == "dense" or total == 0.0:
+class _Spectra:
+    """One layer's kernel and its channel-mode bases, computed once (float64)."""
+
+    def __init__(self, weight: Tensor) -> None:
+        self.w = weight.detach().double()
+        self.total = float(self.w.square().sum())
+        self._bases: tuple[Tensor, Tensor] | None = None
+        self._s: Tensor | None = None
+
+    def tucker2(self, rank_out: int, rank_in: int) -> float:
+        if self._bases is None:
+            u_out = torch.linalg.svd(self.w.flatten(1), full_matrices=False)[0]
+            u_in = torch.linalg.svd(self.w.transpose(0, 1).flatten(1), full_matrices=False)[0]
+            self._bases = (u_out, u_in)
+        u_out, u_in = self._bases
+        core = torch.einsum("oikl,or,is->rskl", self.w, u_out[:, :rank_out], u_in[:, :rank_in])
+        return float(core.square().sum()) / self.total
+
+    def svd(self, rank: int) -> float:
+        if self._s is None:
+            self._s = torch.linalg.svdvals(self.w.flatten(1))
+        return float(self._s[:rank].square().sum()) / self.total
+
+
+def retained_energy(weight: Tensor, spec: LayerSpec, spectra: _Spectra | None = None) -> float:
+    """Share of ``||W||_F^2`` that ``spec``'s truncated decomposition of ``weight`` keeps: Tucker-2
+    by HOSVD (the leading channel-mode bases; HOOI keeps as much or more), SVD by the top-r
+    singular values."""
+    spectra = spectra or _Spectra(weight)
+    if spec.format == "dense" or spectra.total == 0.0:
         return 1.0
     if spec.format == "tucker2":
-        core, _, _ = tucker2_hooi(w, spec.rank_out, spec.rank_in, HOOI_SWEEPS)  # type: ignore[arg-type]
-        return float(core.square().sum()) / total
-    s = torch.linalg.svdvals(w.flatten(1))
-    return float(s[: spec.rank].square().sum()) / total  # type: ignore[misc]
+        return spectra.tucker2(int(spec.rank_out), int(spec.rank_in))  # type: ignore[arg-type]
+    return spectra.svd(int(spec.rank))  # type: ignore[arg-type]
 
 
 def energy_scores(
     space: ResolvedSpace, options: Mapping[str, Sequence[Option]], weights: Mapping[str, Tensor]
 ) -> dict[Option, float]:
     """Each option's summed retained energy over its unit's layers (``weights``: dense kernels by
-    layer name)."""
+    layer name); each layer's bases are computed once."""
+    spectra: dict[str, _Spectra] = {}
     scores = {}
     for key, unit_opts in options.items():
         unit = space.unit(key)
         for option in unit_opts:
-            specs = unit.layer_specs(option.format, option.value)
-            scores[option] = sum(retained_energy(weights[name], spec) for name, spec in specs.items())
+            total = 0.0
+            for name, spec in unit.layer_specs(option.format, option.value).items():
+                layer = spectra.setdefault(name, _Spectra(weights[name]))
+                total += retained_energy(weights[name], spec, layer)
+            scores[option] = total
     return scores
 
 

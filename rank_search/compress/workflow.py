@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
-from .._io import atomic_write_json
+from .._io import atomic_write_json, atomic_write_text
 from ..config import RankConfig, save_rank_config
 from ..errors import ConfigError
 from .allocate import ALLOCATIONS, choose, energy_scores, knapsack, unit_options
@@ -58,6 +58,7 @@ class CompressJob:
     finetune: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields of the final fine-tune
     seed: int = 0
     sensitivity_cache: Path | None = None  # default OUT/sensitivity.json; share it across budgets
+    onnx: bool = False  # export the fine-tuned model to OUT/model.onnx (needs the onnx extra)
 
 
 @dataclass
@@ -258,9 +259,40 @@ def run_compress(job: CompressJob, say: Any = print) -> dict[str, Any]:
     report["chosen"] = str(chosen)
     if job.finetune:
         report["finetuned"] = _finetune(job, Path(chosen), out / "finetuned")
+        if job.onnx:
+            report["onnx"] = _export(out / "finetuned", out / "model.onnx")
     atomic_write_json(out / REPORT, report)
+    atomic_write_text(out / "compress.md", markdown(report))
     _plot(results, out)
     return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a Markdown table: every baseline, the choice and its fine-tuned accuracy."""
+    lines = [
+        f"# Compressing {report['model']} ({report['weights']})",
+        "",
+        f"Budget {report['budget_macs']:,} MACs "
+        f"({report['budget_macs'] / report['dense_macs']:.3f} of dense).",
+        "",
+        "| method | MACs of dense | params | val zero-shot % | val after BN recalibration % "
+        "| seconds to config |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["allocations"]:
+        lines.append(
+            f"| {row['method']} | {row['macs_ratio']:.3f} | {row['params']:,} "
+            f"| {100 * row['val_zero_shot']:.2f} "
+            f"| {100 * row['val_bn_recalibrated']:.2f} | {row['seconds_to_config']:.1f} |"
+        )
+    lines += ["", f"Chosen: `{report['chosen']}` ({report['chosen_by']})."]
+    if "search" in report:
+        search = report["search"]
+        lines.append(f"Search: {search['status']} in {search['seconds']:.0f} s; {search['selection'] or ''}")
+    if "finetuned" in report:
+        ft = report["finetuned"]
+        lines.append(f"Fine-tuned: test accuracy {100 * (ft['test_accuracy'] or 0):.2f}% ({ft['run']}).")
+    return "\n".join(lines) + "\n"
 
 
 def _finetune(job: CompressJob, config: Path, run_dir: Path) -> dict[str, Any]:
@@ -286,6 +318,14 @@ def _finetune(job: CompressJob, config: Path, run_dir: Path) -> dict[str, Any]:
         "val_accuracy": trained.val_accuracy,
         "seconds": trained.wall_time_s,
     }
+
+
+def _export(run_dir: Path, path: Path) -> dict[str, Any]:
+    """The fine-tuned run as ONNX (per-layer forms timed in ONNX Runtime, checked against PyTorch)."""
+    from ..onnx_export import export_model
+
+    result = export_model(run_dir, path)
+    return {"path": str(path), "written": result.written, "forms": result.chosen, "model_ms": result.model_ms}
 
 
 def _plot(results: list[AllocationResult], out: Path) -> None:
