@@ -178,8 +178,8 @@ def test_compress_a_torchvision_model_with_user_weights(tmp_path: Path, capsys) 
     code = main(
         [
             "compress", str(weights), "--model", "resnet18", "--space", "torchvision-resnet",
-            "--budget", "0.5", "--data", "builtin", "-o", str(out), "--methods", "uniform", "energy", "--max-levels", "3",
-            "--bn-images", "64", "--val-fraction", "0.2",
+            "--budget", "0.5", "--data", "builtin", "-o", str(out), "--methods", "uniform", "energy",
+            "--max-levels", "3", "--bn-images", "64", "--val-fraction", "0.2",
         ]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
