@@ -220,3 +220,20 @@ def test_train_init_from_records_the_warm_start(tmp_path: Path, capsys) -> None:
     assert metrics["normalization"] == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     train_config = json.loads((run / "train_config.json").read_text())
     assert train_config["epoch_steps"] == 3 and train_config["init_rename"] == {"linear": "fc"}
+
+
+def test_zero_shot_epochs_validate_the_warm_model_without_training(tmp_path: Path) -> None:
+    from rank_search.train import TrainConfig, fit
+
+    weights = tmp_path / "w.pt"
+    torch.save(randomize_bn_and_scales(create_model("resnet20", seed=0), 0).state_dict(), weights)
+    data = load_data("builtin")
+    config = RankConfig(ModelSpec("resnet20", 10), (3, 16, 16), {"layer1.0.conv1": LayerSpec.tucker2(4, 4)})
+    train = TrainConfig(
+        epochs=2, epoch_steps=0, init_from=str(weights), bn_recalibration_images=64, device="cpu"
+    )
+    result = fit(config, data, train)
+    assert result.status == "completed" and len(result.history) == 2
+    first, second = result.history
+    assert first.val_accuracy == second.val_accuracy  # nothing trained between the two validations
+    assert result.init["bn_images"] == 64

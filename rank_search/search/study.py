@@ -269,7 +269,7 @@ def _parse_study(data: Any, source: str) -> Study:
         resources=_resources(data.get("resources")),
         seed=as_int(data.get("seed", 0), "seed", 0),
         storage=_optional_string(data.get("storage"), "storage"),
-        train={**_train(data.get("train")), **_init(data.get("init"), source)},
+        train=_train(data.get("train"), _init(data.get("init"), source)),
         data_options=_data_options(data.get("data_options")),
         starting_points=_starting_points(data.get("starting_points")),
         description=_string(data.get("description", ""), "description"),
@@ -328,7 +328,8 @@ def _resources(data: Any) -> Resources:
     return Resources(cpu, gpu, concurrency)
 
 
-def _train(data: Any) -> dict[str, Any]:
+def _train(data: Any, init: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The study's training overrides, with the warm-start fields of ``init:`` merged in."""
     from ..train import TrainConfig
 
     data = _mapping(data, "train")
@@ -340,11 +341,12 @@ def _train(data: Any) -> dict[str, Any]:
     check_keys(data, allowed, "train.")
     from ..train.config import train_config_from_dict
 
+    merged = {**data, **(init or {})}
     try:
-        train_config_from_dict(data)
+        train_config_from_dict(merged)
     except ConfigError as exc:
         raise ConfigError(exc.reason, key="train." + exc.key if exc.key else "train") from None
-    return dict(data)
+    return merged
 
 
 def _init(data: Any, source: str) -> dict[str, Any]:

@@ -90,7 +90,8 @@ class TrainConfig:
         bn_recalibration_images: training images whose forward passes re-estimate BatchNorm
             statistics after decomposing ``init_from`` (0: keep the trained statistics).
         epoch_steps: at most this many optimizer steps per epoch (a fresh seeded shuffle each
-            epoch); ``None``: whole passes. Short fine-tuning trials of a compression search use it.
+            epoch); ``None``: whole passes. Short fine-tuning trials of a compression search use it;
+            0 (with ``init_from`` only) makes zero-shot epochs: decompose, recalibrate, validate.
     """
 
     epochs: int = 30
@@ -133,7 +134,9 @@ class TrainConfig:
         _check_choice("speedup", self.speedup, SPEEDUPS)
         _check_int("bn_recalibration_images", self.bn_recalibration_images, 0)
         if self.epoch_steps is not None:
-            _check_int("epoch_steps", self.epoch_steps, 1)
+            _check_int("epoch_steps", self.epoch_steps, 0)
+            if self.epoch_steps == 0 and self.init_from is None:
+                raise ConfigError("0 (zero-shot epochs: validate only) needs init_from", key="epoch_steps")
         if self.init_from is not None and not isinstance(self.init_from, str):
             object.__setattr__(self, "init_from", str(self.init_from))
         if not isinstance(self.init_rename, dict) or not all(

@@ -363,6 +363,8 @@ class _Trainer:
     def train_epoch(self, epoch: int) -> tuple[float, float]:
         """Mean task loss and regularization of one pass; raises ``_Divergence`` on a non-finite loss."""
         model, scheduler = self.state.model, self.state.scheduler
+        if self.steps_per_epoch == 0:  # zero-shot (epoch_steps=0): nothing to train
+            return 0.0, 0.0
         model.train()
         self.bar.start_epoch(epoch)
         sums = torch.zeros(2, device=self.device)
