@@ -9,8 +9,8 @@
   (local workers also inherit the driver's environment). A value the user set is kept.
 * **Intra-op threads.** A trial, and ``rank-search train``, use as many torch threads as CPUs
   they were given (:func:`use_threads`): a trial's ``resources.cpu``; ``train --threads``, by
-  default the CPUs this process may run on less those other processes keep busy when it starts
-  (:func:`auto_threads`).
+  default the CPUs this process may use (affinity and cgroup quota, :func:`available_cpus`) less
+  its share of those other processes keep busy when it starts (:func:`auto_threads`).
 * **The driver's core.** On a local cluster of 4 or more CPUs one CPU is kept out of Ray for the
   driver (Tune's event loop, sampling, records); on 2-3 CPUs trials get them all, as holding one
   back would halve or third the search's throughput to serve a driver that needs milliseconds a
@@ -21,6 +21,7 @@ Never imports torch at module level.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "auto_threads",
     "available_cpus",
     "busy_cpus",
+    "cgroup_cpu_limit",
     "prepare_process",
     "ray_cpus",
     "thread_report",
@@ -43,12 +45,43 @@ DRIVER_RESERVE_MIN_CPUS = 4
 """A local cluster keeps one CPU for the driver from this many CPUs on."""
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (``quota / period``), or None without one.
+
+    Reads cgroup v2's ``cpu.max`` ("max 100000" or "200000 100000"), else cgroup v1's
+    ``cpu/cpu.cfs_quota_us`` and ``cpu/cpu.cfs_period_us`` (quota -1: none). A container limited
+    to 2 CPUs on a 64-core host has affinity for all 64 and a quota of 2.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        fields = (root / "cpu.max").read_text(encoding="ascii").split()
+        if fields and fields[0] != "max":
+            return int(fields[0]) / int(fields[1]) if len(fields) > 1 else int(fields[0]) / 100_000
+        if fields:
+            return None
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text(encoding="ascii"))
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def available_cpus(root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may use: its affinity mask (``os.cpu_count()`` where there is none),
+    capped by its cgroup's CPU quota rounded up (:func:`cgroup_cpu_limit`)."""
+    try:
+        cpus = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cpus = max(1, os.cpu_count() or 1)
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit - 1e-9)))
+    return cpus
 
 
 def busy_cpus(read: Callable[[], str] | None = None, samples: int = 5, interval_s: float = 0.02) -> int:
@@ -77,7 +110,8 @@ def auto_threads(cpus: int | None = None, busy: int | None = None) -> int:
     keeps busy now (:func:`busy_cpus`), at least 1. Two OpenMP threads on a core that a third
     process also wants wait for each other at every barrier; one thread per free core does not."""
     cpus = available_cpus() if cpus is None else cpus
-    busy = busy_cpus() if busy is None else busy
+    if busy is None:  # the runnable count is host-wide: scale it to this process's share of the host
+        busy = round(busy_cpus() * min(1.0, cpus / max(1, os.cpu_count() or 1)))
     return max(1, min(cpus, cpus - busy))
 
 

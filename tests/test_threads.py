@@ -74,3 +74,32 @@ def test_auto_threads_leaves_busy_cpus_alone(cpus: int, busy: int, threads: int)
     from rank_search.threads import auto_threads
 
     assert auto_threads(cpus, busy) == threads
+
+
+def test_cgroup_v2_quota_caps_the_cpus(tmp_path: Path) -> None:
+    from rank_search.threads import available_cpus, cgroup_cpu_limit
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    assert available_cpus(tmp_path) == min(2, available_cpus(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_cgroup_v1_quota_and_no_cgroup(tmp_path: Path) -> None:
+    from rank_search.threads import available_cpus, cgroup_cpu_limit
+
+    assert cgroup_cpu_limit(tmp_path) is None  # no files: no limit
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.0 and available_cpus(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+
+
+def test_auto_threads_scales_the_host_wide_load_to_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "busy_cpus", lambda: 16)
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 64)
+    assert threads.auto_threads(cpus=8) == 6  # 16 busy of 64 host CPUs: 2 of this process's 8
+    assert threads.auto_threads(cpus=64) == 48
