@@ -15,6 +15,7 @@ objective: Optuna keeps its last intermediate value; both modes: it stays off
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,6 +133,52 @@ def make_sampler(name: str, *, seed: int, options: dict[str, Any], trials: int) 
         "random": optuna.samplers.RandomSampler,
     }
     try:
-        return classes[name](seed=seed, **kwargs)
+        sampler = classes[name](seed=seed, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"bad option for the {name} sampler: {exc}", key="sampler_options") from None
+    return _picklable_locks(sampler)
+
+
+_LOCK_TYPE = type(threading.Lock())
+
+
+class _PicklableLock:
+    """A ``threading.Lock`` that pickles as a new, unlocked lock (module level: pickled by name)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_PicklableLock, ())
+
+
+def _picklable_locks(sampler: Any) -> Any:
+    """Make ``sampler`` picklable: Ray pickles the searcher, and with it the sampler, in
+    ``Tuner.__init__`` (its ``tuner.pkl``), in every experiment checkpoint and on ``--resume``.
+    Optuna 5.1's GA samplers (our ``nsga2``) hold a ``threading.Lock``
+    (``BaseGASampler._thread_lock``, made in ``__init__``, no ``__getstate__``): pickling them
+    raised ``TypeError: cannot pickle '_thread.lock' object`` in every front-mode search. Swap
+    each plain lock attribute, before first use, for one that pickles as a fresh lock (a lock
+    guards this process's threads only; a copy needs its own). No subclass: Optuna keys the
+    trials' generation attribute by the sampler's class name."""
+    for key, value in list(vars(sampler).items()):
+        if isinstance(value, _LOCK_TYPE):
+            setattr(sampler, key, _PicklableLock())
+    return sampler
