@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/compress-evidence"))
     p.add_argument("--budgets", type=float, nargs="+", default=[0.50, 0.28])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs of every config")
+    p.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs of every config")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--trials", type=int, default=24)
@@ -209,8 +209,16 @@ def main() -> int:
     budgets = {f"{b:.2f}": configs_for_budget(args, b, data, dense) for b in args.budgets}
     print(f"configs ready after {time.perf_counter() - started:.0f} s", flush=True)
     tasks = [("dense", None, None, s) for s in args.seeds]
+    alias: dict[tuple[str, str], str] = {}  # a method whose config equals an earlier one's at that budget
     for b, rows in budgets.items():
-        tasks += [(b, m, rows[m]["config"], s) for m in (*METHODS, "searched") for s in args.seeds]
+        seen: dict[str, str] = {}
+        for m in (*METHODS, "searched"):
+            layers = json.dumps(load_rank_config(rows[m]["config"]).to_dict()["layers"], sort_keys=True)
+            if layers in seen:
+                alias[(b, m)] = seen[layers]
+                continue
+            seen[layers] = m
+            tasks += [(b, m, rows[m]["config"], s) for s in args.seeds]
 
     def run(
         task: tuple[str, str | None, str | None, int],
@@ -221,6 +229,9 @@ def main() -> int:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         done = dict(pool.map(run, tasks))
+    for (b, m), same in alias.items():  # identical config, same seeds: the same runs
+        for s in args.seeds:
+            done[(b, m, s)] = done[(b, same, s)]
     dense_ft = [done[("dense", None, s)]["test_accuracy"] for s in args.seeds]
     lines = [
         f"Dense {args.model} as loaded: test {100 * dense_test:.2f}%; "
@@ -244,9 +255,16 @@ def main() -> int:
             accs = [done[(b, method, s)]["test_accuracy"] for s in args.seeds]
             diffs = [a - u for a, u in zip(accs, uniform, strict=True)]
             cpu = row.get("cpu_s") if method != "searched" else row["trial_cpu_s"] + row["driver_cpu_s"]
-            payload["budgets"][b][method] = {**row, "finetuned": accs, "minus_uniform": diffs}
+            same = alias.get((b, method))
+            payload["budgets"][b][method] = {
+                **row,
+                "finetuned": accs,
+                "minus_uniform": diffs,
+                "same_config_as": same,
+            }
             lines.append(
-                f"| {b} | {method} | {row['macs_ratio']:.3f} | {row['params']:,} "
+                f"| {b} | {method}{f' (= {same})' if same else ''} | {row['macs_ratio']:.3f} "
+                f"| {row['params']:,} "
                 f"| {100 * row['test_zero_shot']:.2f} | "
                 f"{100 * row['test_bn_recalibrated']:.2f} | {mean_sd(accs)} | "
                 f"{'-' if method == 'uniform' else mean_sd(diffs)} | {cpu:.0f} |"
