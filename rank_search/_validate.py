@@ -6,6 +6,7 @@ the file with :meth:`ConfigError.with_source`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,3 +36,10 @@ def as_int(value: Any, key: str, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ConfigError(f"must be >= {minimum}, got {value}", key=key)
     return value
+
+
+def close_names(name: str, valid: list[str], n: int = 5) -> str:
+    """A hint listing the valid names closest to ``name``."""
+    close = difflib.get_close_matches(name, valid, n=n, cutoff=0.4)
+    shown = close or valid[:n]
+    return "close valid names: " + ", ".join(shown) if shown else "the model has no such layers"

@@ -16,15 +16,19 @@ from typing import Any
 from torch import nn
 
 from ._io import atomic_write_json
-from ._validate import as_int, check_keys, require
+from ._validate import as_int, check_keys, close_names, require
+from .convert import build_model
+from .cost import config_cost, list_factorizable
 from .errors import ConfigError
 from .layers import LOW_RANK_CONV_CLASSES
-from .models import default_num_classes, is_model
+from .models import create_model, default_num_classes, is_model
+from .specs import RANK_KEYS as RANK_KEYS
+from .specs import Cost as Cost
+from .specs import LayerSpec as LayerSpec
 
 FORMAT_ID = "rank-search/rank-config"
 VERSION = 1
 LAYER_FORMATS = ("dense", *LOW_RANK_CONV_CLASSES)  # the formats a layer spec may name
-RANK_KEYS = {"dense": (), "tucker2": ("rank_in", "rank_out"), "svd": ("rank",)}
 REGULARIZER_NAMES = ("none", "so", "dso", "mc", "srip")
 REGULARIZER_SCHEDULES = ("constant", "cosine", "step")
 TOP_KEYS = ("format", "version", "model", "input_size", "layers", "regularizer", "cost", "provenance")
@@ -32,30 +36,6 @@ TOP_KEYS = ("format", "version", "model", "input_size", "layers", "regularizer",
 
 class CostMismatchWarning(UserWarning):
     """The ``cost`` stored in a rank-config file differs from the recomputed one."""
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One layer's format and ranks."""
-
-    format: str
-    rank_in: int | None = None
-    rank_out: int | None = None
-    rank: int | None = None
-
-    def ranks(self) -> dict[str, int]:
-        return {k: int(getattr(self, k)) for k in RANK_KEYS[self.format]}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, **self.ranks()}
-
-    @classmethod
-    def tucker2(cls, rank_in: int, rank_out: int) -> LayerSpec:
-        return cls("tucker2", rank_in=rank_in, rank_out=rank_out)
-
-    @classmethod
-    def svd(cls, rank: int) -> LayerSpec:
-        return cls("svd", rank=rank)
 
 
 DEFAULT_NUM_CLASSES = 10
@@ -93,15 +73,6 @@ class RegularizerSpec:
     schedule: str = "constant"
 
 
-@dataclass(frozen=True)
-class Cost:
-    """MACs for one sample (conv + linear), all parameters, and the dense model's MACs."""
-
-    macs: int
-    params: int
-    dense_macs: int
-
-
 @dataclass
 class RankConfig:
     """A model, its input size and the low-rank format of each listed layer (others stay dense)."""
@@ -116,15 +87,11 @@ class RankConfig:
     def build(self, *, seed: int | None = None, init: str = "scratch") -> nn.Module:
         """The model with every listed layer in its low-rank form (fresh weights); see
         :func:`rank_search.convert.build_model`."""
-        from .convert import build_model
-
         return build_model(self, seed=seed, init=init)
 
     def compute_cost(self) -> Cost:
         """MACs and params of the built model and MACs of the dense model (analytic, see
         :func:`rank_search.cost.config_cost`; no low-rank model is built)."""
-        from .cost import config_cost
-
         return config_cost(self)
 
     def with_cost(self) -> RankConfig:
@@ -243,9 +210,6 @@ def rank_config_from_dict(data: Any, *, validate: bool = True) -> RankConfig:
 
 def validate_layers(config: RankConfig) -> None:
     """Check every layer name, format and rank against the model's factorizable layers."""
-    from .convert import close_names, list_factorizable
-    from .models import create_model
-
     model = create_model(config.model.name, num_classes=config.model.num_classes)
     try:
         infos = {info.name: info for info in list_factorizable(model, config.input_size)}

@@ -17,6 +17,7 @@ This module owns every cost formula and every cost sum:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,84 +25,121 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+# the formula table: pure arithmetic in ._formulas (imports nothing of ours), found here
+from ._formulas import conv_macs as conv_macs
+from ._formulas import conv_params as conv_params
+from ._formulas import linear_macs as linear_macs
+from ._formulas import linear_params as linear_params
+from ._validate import close_names
+from .errors import ConfigError
+from .layers import (
+    LOW_RANK_CONV_CLASSES,
+    LowRankLayer,
+    dense_layer_macs,
+    full_ranks,
+    low_rank_modules,
+    unfactorizable_reason,
+)
+from .models import create_model
+from .specs import Cost, LayerSpec
+
 if TYPE_CHECKING:
-    from .config import Cost, LayerSpec, RankConfig
-    from .convert import LayerInfo
+    from .config import RankConfig
 
-# --- the formula table ----------------------------------------------------------------------------
+# --- the layers of a model ------------------------------------------------------------------------
 
-
-def conv_macs(
-    fmt: str,
-    in_channels: int,
-    out_channels: int,
-    kernel_size: tuple[int, int],
-    in_hw: int,
-    out_hw: int,
-    ranks: Mapping[str, int],
-    groups: int = 1,
-) -> int:
-    """MACs of one conv layer for one sample (``in_hw``/``out_hw``: input/output pixels, H*W).
-
-    dense: ``out_hw*C_out*(C_in/groups)*kh*kw``; tucker2 (1x1, kh x kw core, 1x1):
-    ``in_hw*C_in*r_in + out_hw*r_in*r_out*kh*kw + out_hw*r_out*C_out``; svd (kh x kw with r
-    filters, 1x1): ``out_hw*r*(C_in*kh*kw + C_out)``.
-    """
-    kk = kernel_size[0] * kernel_size[1]
-    if fmt == "dense":
-        return out_hw * out_channels * (in_channels // groups) * kk
-    if fmt == "tucker2":
-        r_in, r_out = ranks["rank_in"], ranks["rank_out"]
-        return in_hw * in_channels * r_in + out_hw * (r_in * r_out * kk + r_out * out_channels)
-    if fmt == "svd":
-        return out_hw * ranks["rank"] * (in_channels * kk + out_channels)
-    raise ValueError(f"unknown format '{fmt}'")
+LOW_RANK_FORMATS = tuple(LOW_RANK_CONV_CLASSES)  # ("tucker2", "svd")
 
 
-def linear_macs(fmt: str, in_features: int, out_features: int, lead: int, ranks: Mapping[str, int]) -> int:
-    """MACs of one linear layer for one sample (``lead``: product of the leading input dims).
+@dataclass(frozen=True)
+class LayerInfo:
+    """A dense conv/linear layer of a model and what it could be factorized into."""
 
-    dense: ``lead*in*out``; svd: ``lead*r*(in + out)``.
-    """
-    if fmt == "dense":
-        return lead * in_features * out_features
-    if fmt == "svd":
-        return lead * ranks["rank"] * (in_features + out_features)
-    raise ValueError(f"format '{fmt}' does not apply to a linear layer")
+    name: str
+    kind: str  # "conv" | "linear"
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+    input_size: tuple[int, ...]
+    output_size: tuple[int, ...]
+    dense_macs: int
+    params: int
+    full_ranks: dict[str, dict[str, int]] = field(default_factory=dict)  # format -> largest ranks
+    reasons: dict[str, str] = field(default_factory=dict)  # format -> why it can't be used
+    bias: bool = False
+
+    def allows(self, fmt: str) -> bool:
+        return fmt == "dense" or fmt in self.full_ranks
+
+    def macs(self, fmt: str, ranks: Mapping[str, int]) -> int:
+        """MACs for one sample if this layer were held in ``fmt`` with ``ranks`` (the formula
+        table in :mod:`rank_search.cost`)."""
+        if fmt == "dense":
+            return self.dense_macs
+        if self.kind == "linear":
+            lead = math.prod(self.input_size[:-1])
+            return linear_macs(fmt, self.in_channels, self.out_channels, lead, ranks)
+        in_hw, out_hw = math.prod(self.input_size[1:]), math.prod(self.output_size[1:])
+        shape = (self.in_channels, self.out_channels, self.kernel_size)
+        return conv_macs(fmt, *shape, in_hw, out_hw, ranks, self.groups)
+
+    def param_count(self, fmt: str, ranks: Mapping[str, int]) -> int:
+        """Parameters of this layer if it were held in ``fmt`` with ``ranks`` (formula table)."""
+        if fmt == "dense":
+            return self.params
+        if self.kind == "linear":
+            return linear_params(fmt, self.in_channels, self.out_channels, self.bias, ranks)
+        shape = (self.in_channels, self.out_channels, self.kernel_size)
+        return conv_params(fmt, *shape, self.bias, ranks, self.groups)
 
 
-def conv_params(
-    fmt: str,
-    in_channels: int,
-    out_channels: int,
-    kernel_size: tuple[int, int],
-    bias: bool,
-    ranks: Mapping[str, int],
-    groups: int = 1,
-) -> int:
-    """Parameters of one conv layer: dense ``C_out*(C_in/groups)*kh*kw``; tucker2
-    ``C_in*r_in + r_in*r_out*kh*kw + r_out*C_out``; svd ``r*(C_in*kh*kw + 1 + C_out)``
-    (the singular values are parameters); plus ``C_out`` for a bias."""
-    kk = kernel_size[0] * kernel_size[1]
-    extra = out_channels if bias else 0
-    if fmt == "dense":
-        return out_channels * (in_channels // groups) * kk + extra
-    if fmt == "tucker2":
-        r_in, r_out = ranks["rank_in"], ranks["rank_out"]
-        return in_channels * r_in + r_in * r_out * kk + r_out * out_channels + extra
-    if fmt == "svd":
-        return ranks["rank"] * (in_channels * kk + 1 + out_channels) + extra
-    raise ValueError(f"unknown format '{fmt}'")
+def _info(
+    name: str,
+    module: nn.Conv2d | nn.Linear,
+    in_size: tuple[int, ...],
+    out_size: tuple[int, ...],
+    macs: int,
+    params: int,
+) -> LayerInfo:
+    ranks: dict[str, dict[str, int]] = {}
+    reasons: dict[str, str] = {}
+    for fmt in LOW_RANK_FORMATS:
+        reason = unfactorizable_reason(module, fmt)
+        if reason is None:
+            ranks[fmt] = dict(full_ranks(module, fmt))
+        else:
+            reasons[fmt] = reason
+    bias = module.bias is not None
+    if isinstance(module, nn.Linear):
+        shape = (module.in_features, module.out_features, (1, 1), (1, 1), 1)
+        return LayerInfo(name, "linear", *shape, in_size, out_size, macs, params, ranks, reasons, bias)
+    k, s = module.kernel_size, module.stride
+    shape = (module.in_channels, module.out_channels, (k[0], k[1]), (s[0], s[1]), module.groups)
+    return LayerInfo(name, "conv", *shape, in_size, out_size, macs, params, ranks, reasons, bias)
 
 
-def linear_params(fmt: str, in_features: int, out_features: int, bias: bool, ranks: Mapping[str, int]) -> int:
-    """Parameters of one linear layer: dense ``in*out``; svd ``r*(in + 1 + out)``; plus ``out`` for a bias."""
-    extra = out_features if bias else 0
-    if fmt == "dense":
-        return in_features * out_features + extra
-    if fmt == "svd":
-        return ranks["rank"] * (in_features + 1 + out_features) + extra
-    raise ValueError(f"format '{fmt}' does not apply to a linear layer")
+def list_factorizable(model: nn.Module, input_size: tuple[int, ...]) -> list[LayerInfo]:
+    """Every dense conv/linear layer of ``model`` in execution order, with its shape,
+    input/output size, dense MACs, and the largest useful ranks per low-rank format
+    (or the reason a format does not apply, e.g. grouped convs)."""
+    modules = dict(model.named_modules())
+    infos = []
+    seen: set[str] = set()
+    for layer in count_cost(model, input_size).layers:
+        module = modules[layer.name]
+        if layer.name in seen or not isinstance(module, nn.Conv2d | nn.Linear):
+            continue
+        seen.add(layer.name)
+        infos.append(_info(layer.name, module, layer.input_size, layer.output_size, layer.macs, layer.params))
+    return infos
+
+
+def layer_infos(model_name: str, num_classes: int, input_size: tuple[int, ...]) -> dict[str, LayerInfo]:
+    """:func:`list_factorizable` of the dense model ``model_name``, by layer name (execution order)."""
+    model = create_model(model_name, num_classes=num_classes)
+    return {info.name: info for info in list_factorizable(model, input_size)}
 
 
 # --- analytic sums ----------------------------------------------------------------------------------
@@ -131,9 +169,6 @@ class AnalyticCost:
     @classmethod
     def of(cls, config: RankConfig) -> AnalyticCost:
         """The layers of ``config``'s dense model at ``config.input_size``."""
-        from .convert import list_factorizable
-        from .models import create_model
-
         dense = create_model(config.model.name, num_classes=config.model.num_classes)
         infos = {info.name: info for info in list_factorizable(dense, config.input_size)}
         return cls(infos, count_params(dense))
@@ -145,8 +180,6 @@ class AnalyticCost:
 
     def of_layers(self, layers: Mapping[str, LayerSpec]) -> Cost:
         """MACs and params of the model with ``layers`` applied (what building and counting gives)."""
-        from .config import Cost
-
         self._check(layers)
         params = self.dense_params
         for name, spec in layers.items():
@@ -156,9 +189,6 @@ class AnalyticCost:
 
     def _check(self, layers: Mapping[str, LayerSpec]) -> None:
         """The errors building the model would give: unknown layers, formats a layer can't take."""
-        from .convert import close_names
-        from .errors import ConfigError
-
         for name, spec in layers.items():
             info = self.infos.get(name)
             if info is None:
@@ -173,16 +203,11 @@ class AnalyticCost:
     def of_model(self, model: nn.Module) -> Cost:
         """MACs and params of the live ``model`` (e.g. after DPRP shrank its SVD layers): its
         low-rank layers' current ranks through the formula table, its parameters counted."""
-        from .config import Cost
-
         return Cost(analytic_macs(self.infos, live_layers(model)), count_params(model), self.dense_macs)
 
 
 def live_layers(model: nn.Module) -> dict[str, LayerSpec]:
     """The format and current ranks of every low-rank layer of ``model``."""
-    from .config import LayerSpec
-    from .layers import low_rank_modules
-
     return {name: LayerSpec(layer.format, **layer.ranks()) for name, layer in low_rank_modules(model)}
 
 
@@ -234,8 +259,6 @@ def count_params(model: nn.Module) -> int:
 
 def counted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Low-rank layers as a whole, and dense conv/linear layers not inside one, in module order."""
-    from .layers import LowRankLayer
-
     inside: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(prefix + ".") for prefix in inside):
@@ -248,8 +271,6 @@ def counted_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def _layer_cost(name: str, module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> LayerCost:
-    from .layers import LowRankLayer, dense_layer_macs
-
     in_size = tuple(inp.shape[1:])
     kind = "linear" if isinstance(module, nn.Linear) or getattr(module, "is_linear", False) else "conv"
     if isinstance(module, LowRankLayer):

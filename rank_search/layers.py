@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from .cost import conv_macs, linear_macs
+from ._formulas import conv_macs, linear_macs
 
 __all__ = [
     "HOOI_SWEEPS",

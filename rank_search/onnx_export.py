@@ -91,8 +91,8 @@ class ExportResult:
 
 def load_source(path: str | Path) -> tuple[nn.Module, Any, str]:
     """``(model, rank config, kind)`` from a run folder (trained) or a rank-config JSON (seed 0)."""
-    from .analysis.spectra import load_run_model
     from .config import load_rank_config
+    from .runs import load_run_model
 
     source = Path(path)
     if source.is_dir():

@@ -12,7 +12,6 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,61 +19,21 @@ import pandas as pd
 
 from .._io import atomic_write, atomic_write_json, atomic_write_text
 from ..errors import BudgetError, RankSearchError
-from .allocation import Allocation, allocation_vs_uniform
-from .baselines import Baselines, baselines
+from .allocation import allocation_vs_uniform
+from .baselines import baselines
 from .pareto import (
-    FrontFit,
-    FrontPrediction,
     fit_front,
     pareto_front,
     resolve_budget,
     select_at_budget,
     selection_note,
 )
+from .record import Analysis as Analysis
 from .redundancy import best_trials_label, layer_sensitivity, optuna_importances, rank_distribution
-from .results import SearchResults, flat_for_csv, has_tag, learning_curves, load_search, status_counts
+from .results import SearchResults, flat_for_csv, has_tag, learning_curves, load_search
 from .spectra import LayerSpectrum
 
 FIGURES = ("pareto", "allocation", "redundancy", "learning_curves", "spectra")
-
-
-@dataclass
-class Analysis:
-    """Everything ``rank-search analyze`` computes about one search directory."""
-
-    results: SearchResults
-    budget_macs: int | None
-    front: pd.DataFrame
-    fit: FrontFit
-    prediction: FrontPrediction | None
-    baselines: Baselines
-    selection: pd.DataFrame
-    selection_error: str | None
-    chosen_id: str | None
-    allocation: Allocation | None
-    distribution: pd.DataFrame
-    sensitivity: pd.DataFrame
-    importance_note: str
-    importances: dict[str, float] | None
-    rungs: list[int]
-    curves: pd.DataFrame
-    spectra: list[tuple[str, list[LayerSpectrum]]] = field(default_factory=list)
-    top_fraction: float = 0.25
-    axis: str = "macs"  # what the front, fit and selection use as cost: macs | latency
-    budget_latency_ms: float | None = None  # the budget on the latency axis (budget_macs is None then)
-
-    @property
-    def budget(self) -> float | None:
-        """The budget on :attr:`axis` (MACs, or ms of predicted latency)."""
-        return self.budget_latency_ms if self.axis == "latency" else self.budget_macs
-
-    @property
-    def axis_column(self) -> str:
-        return "latency_ms" if self.axis == "latency" else "macs"
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return status_counts(self.results.trials)
 
 
 def _select(

@@ -16,7 +16,7 @@ from .._version import __version__
 from .pareto import selection_note
 
 if TYPE_CHECKING:
-    from .pipeline import Analysis
+    from .record import Analysis
 
 CAPTIONS = {
     "pareto": "Accuracy vs MACs. Grey: fully-trained trials; hollow: early-stopped/running; x: failed. "

@@ -77,11 +77,10 @@ def _input_size(args: argparse.Namespace, model: str) -> tuple[int, int, int]:
 
 
 def run_layers(args: argparse.Namespace) -> int:
-    from ..convert import list_factorizable
-    from ..models import create_model
+    from ..convert import layer_infos
 
     size = _input_size(args, args.model)
-    infos = list_factorizable(create_model(args.model, num_classes=args.num_classes), size)
+    infos = list(layer_infos(args.model, args.num_classes, size).values())
     if args.json:
         print(json.dumps([info.__dict__ for info in infos], indent=2, default=list))
         return 0

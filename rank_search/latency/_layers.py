@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..convert import LayerInfo, list_factorizable
+from ..convert import LayerInfo, layer_infos
 from ..inference import export_for_inference
 from ..layers import make_low_rank
 from ._device import num_threads, resolve_device
@@ -255,9 +255,7 @@ def factorization_pays(
     Layers where it never pays are candidates for a "dense" choice in a search space. ``timing``
     goes to :func:`measure_layer_latency` (``repeats``, ``warmup``, ``threads``, ...).
     """
-    from ..models import create_model
-
-    infos = list_factorizable(create_model(model_name, num_classes=num_classes), tuple(input_size))
+    infos = list(layer_infos(model_name, num_classes, tuple(input_size)).values())
     wanted = set(names) if names is not None else None
     by_shape: dict[tuple[Any, ...], list[LayerTiming]] = {}  # layers of equal shape are timed once
     advice = []

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._io import atomic_write_json
-from ..convert import LayerInfo, list_factorizable
+from ..convert import LayerInfo, layer_infos
 from ..errors import RankSearchError
 from ._device import (
     check_threads,
@@ -262,9 +262,19 @@ class LatencyTable:
     def _cpu_threads(self) -> int | None:
         return self.threads if self.device.type == "cpu" else None
 
+    def _warn_before_first(self, stacklevel: int) -> None:
+        """Before the table's first timing only (what is measured now is cached for good): warn
+        if other processes keep the machine busy. ``stacklevel`` as seen from the caller."""
+        if self.measurements == 0:
+            warn_if_busy(self.device, stacklevel=stacklevel + 1)
+
+    def _count_measurement(self) -> None:
+        """One timing ran: count it (:attr:`measurements`) and mark the table for saving."""
+        self.measurements += 1
+        self._dirty = True
+
     def _time(self, module: torch.nn.Module, x: torch.Tensor) -> Spread:
-        if self.measurements == 0:  # once per table: what is measured now is cached for good
-            warn_if_busy(self.device, stacklevel=5)
+        self._warn_before_first(stacklevel=5)
         s = self.settings
         with num_threads(self._cpu_threads):
             call = runner(module, x, self.runtime, self.threads)
@@ -276,14 +286,12 @@ class LatencyTable:
                 warmup=s.warmup,
                 min_sample_ms=s.min_sample_ms,
             )
-        self.measurements += 1
-        self._dirty = True
+        self._count_measurement()
         return summarize(samples)
 
     def _measure_layer(self, info: LayerInfo, fmt: str, ranks: Mapping[str, int], batch_size: int) -> float:
         if self._layer_timer is not None:
-            self.measurements += 1
-            self._dirty = True
+            self._count_measurement()
             return float(self._layer_timer(info, fmt, ranks, batch_size))
         with num_threads(self._cpu_threads):  # building runs LAPACK: keep it to the timing threads too
             module = build_layer(info, fmt, ranks, self.device, self.dtype, self.channels_last)
@@ -293,8 +301,7 @@ class LatencyTable:
 
             if fmt == "dense":
                 return self._time(in_context(module, x), x).median
-            if self.measurements == 0:
-                warn_if_busy(self.device, stacklevel=4)
+            self._warn_before_first(stacklevel=4)
             s = self.settings
             assert isinstance(module, torch.nn.Sequential)
             spreads = time_forms(
@@ -306,8 +313,7 @@ class LatencyTable:
                 warmup=s.warmup,
                 min_sample_ms=s.min_sample_ms,
             )
-            self.measurements += 1
-            self._dirty = True
+            self._count_measurement()
             return min(spread.median for spread in spreads.values())
         return self._time(module, x).median
 
@@ -354,13 +360,9 @@ class LatencyTable:
         self, model_name: str, input_size: Sequence[int], num_classes: int = 10
     ) -> list[LayerInfo]:
         """The conv/linear layers of the dense model (cached in memory)."""
-        from ..models import create_model
-
         key = (model_name, num_classes, tuple(input_size))
         if key not in self._infos:
-            self._infos[key] = list_factorizable(
-                create_model(model_name, num_classes=num_classes), tuple(input_size)
-            )
+            self._infos[key] = list(layer_infos(model_name, num_classes, tuple(input_size)).values())
         return self._infos[key]
 
     def rest_ms(

@@ -173,9 +173,8 @@ def prepare(
     study: Study, out_dir: str | Path, *, study_name: str | None = None, storage_url: str | None = None
 ) -> SearchPlan:
     """Load data, resolve the space, check the budget and starting points. Raises before launch."""
-    from ..convert import list_factorizable
+    from ..convert import layer_infos
     from ..data import DataOptions, load_data
-    from ..models import create_model
 
     out = Path(out_dir).resolve()
     data = load_data(study.data, DataOptions(**study.data_options))
@@ -186,7 +185,7 @@ def prepare(
             source=study.source,
         )
     size = (int(data.input_size[0]), int(data.input_size[1]), int(data.input_size[2]))
-    infos = list_factorizable(create_model(study.model, num_classes=data.num_classes), size)
+    infos = list(layer_infos(study.model, data.num_classes, size).values())
     space = resolve_space(
         load_space(study.space_path()), study.model, infos, num_classes=data.num_classes, input_size=size
     )
@@ -525,14 +524,14 @@ def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
 
 
 def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
-    """Select the best trial and write ``best.json`` through the analysis code, the one owner of
-    selection (:func:`rank_search.analysis.pareto.select_at_budget`: fully trained, cost within
-    the budget, best val_accuracy, ties to the cheaper) and of the exported provenance
-    (:func:`rank_search.analysis.export.export_best`)."""
-    from ..analysis.export import export_rows
-    from ..analysis.pareto import axis_column, pareto_front, select_at_budget, selection_note
-    from ..analysis.results import load_search
+    """Select the best trial and write ``best.json`` through the one owner of selection
+    (:func:`rank_search.search.selection.select_at_budget`: fully trained, cost within the budget,
+    best val_accuracy, ties to the cheaper) and of the exported provenance
+    (:func:`rank_search.search.export.export_best`); analysis re-exports both."""
     from ..errors import BudgetError
+    from .export import export_rows
+    from .results import load_search
+    from .selection import axis_column, pareto_front, select_at_budget, selection_note
 
     records = read_records(plan.out_dir)
     if not records:  # stopped before any trial wrote a record (an early Ctrl-C)

@@ -54,8 +54,13 @@ class SpaceFunction:
     cost: CostModel = MACS
 
     @property
+    def budget_unit(self) -> str:
+        """The unit of :attr:`budget`: ``"MACs"``, or ``"ms"`` with a latency cost."""
+        return "ms" if self.latency else "MACs"
+
+    @property
     def budget_macs(self) -> float:
-        """The budget (named for the MACs budgets it first served; in the cost's unit)."""
+        """:attr:`budget` under its old name (kept for callers); in :attr:`budget_unit`."""
         return self.budget
 
     @property

@@ -33,7 +33,8 @@ from .records import TrialRecord, read_record, record_path, write_record
 from .searcher import CONFIG_KEY
 
 if TYPE_CHECKING:
-    from ..config import RankConfig
+    from ..config import Cost, RankConfig
+    from ..cost import AnalyticCost
     from ..data import Dataset
     from ..train import EpochStats, TrainState
 
@@ -81,6 +82,22 @@ def cached_data(setup: TrialSetup) -> Dataset:
     return _DATASETS[key]
 
 
+_COSTS: dict[tuple[str, int, tuple[int, ...]], AnalyticCost] = {}
+"""This worker process's listed models (:class:`~rank_search.cost.AnalyticCost`), by model,
+classes and input size: every trial of a search costs the same model."""
+
+
+def planned_cost(config: RankConfig) -> Cost:
+    """``config.compute_cost()`` (the formula table, as the plan's MACs), with the dense model
+    listed once per worker process instead of once per trial."""
+    from ..cost import AnalyticCost
+
+    key = (config.model.name, config.model.num_classes, tuple(config.input_size))
+    if key not in _COSTS:
+        _COSTS[key] = AnalyticCost.of(config)
+    return _COSTS[key].of_layers(config.layers)
+
+
 def planned_rank_config(plan: dict[str, Any], setup: TrialSetup) -> RankConfig:
     """The rank config a trial's plan describes (dense layers omitted)."""
     from ..config import ModelSpec, RankConfig, RegularizerSpec, parse_layer_spec
@@ -100,7 +117,7 @@ def planned_rank_config(plan: dict[str, Any], setup: TrialSetup) -> RankConfig:
 
 def new_record(trial_id: str, plan: dict[str, Any], setup: TrialSetup, config: RankConfig) -> TrialRecord:
     """A fresh ``running`` record for a trial about to train."""
-    cost = config.compute_cost()
+    cost = planned_cost(config)
     return TrialRecord(
         trial_id=trial_id,
         epochs_planned=int(setup.train["epochs"]),

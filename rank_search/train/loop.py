@@ -160,11 +160,9 @@ def round_ranks(config: RankConfig, multiple: int) -> RankConfig:
     """Every rank rounded up to a multiple of ``multiple``, capped at the layer's full rank."""
     if multiple == 1 or not config.layers:
         return config
-    from ..convert import list_factorizable
-    from ..models import create_model
+    from ..convert import layer_infos
 
-    model = create_model(config.model.name, num_classes=config.model.num_classes)
-    infos = {info.name: info for info in list_factorizable(model, config.input_size)}
+    infos = layer_infos(config.model.name, config.model.num_classes, config.input_size)
     layers = {}
     for name, spec in config.layers.items():
         if spec.format == "dense":
