@@ -88,14 +88,13 @@ class AllocationResult:
 
 def resolve_target(model: str, space_name: str, data: Dataset, budget: float) -> tuple[ResolvedSpace, int]:
     """The search space resolved for ``model`` at the data's input size, and the budget in MACs."""
-    from ..convert import list_factorizable
-    from ..models import create_model
+    from ..convert import layer_infos
     from ..search.budget import check_budget, parse_budget
     from ..search.space import load_space, resolve_space
     from ..search.study import _locate
 
     size = (int(data.input_size[0]), int(data.input_size[1]), int(data.input_size[2]))
-    infos = list_factorizable(create_model(model, num_classes=data.num_classes), size)
+    infos = list(layer_infos(model, data.num_classes, size).values())
     path = _locate(space_name, "<compress>", "spaces", key="space")
     space = resolve_space(load_space(path), model, infos, num_classes=data.num_classes, input_size=size)
     budget_macs = parse_budget(budget).resolve(space.dense_macs)
