@@ -10,7 +10,7 @@ total MACs within the budget" exactly by dynamic programming over MACs (:func:`k
 option's MACs rounded up to the grid, so the answer never exceeds the budget).
 
 * energy: a layer's score is the fraction of its weight's energy ``||W||_F^2`` that the truncated
-  decomposition keeps (Tucker-2: ``||G||^2 / ||W||^2`` of the HOSVD core; SVD: the top-r
+  decomposition keeps (Tucker-2: ``||G||^2 / ||W||^2`` after HOSVD + HOOI; SVD: the top-r
   singular values' share), summed over the unit's layers: no data, milliseconds.
 * sensitivity: a unit's score at a level is the validation accuracy of the trained network with
   only that unit truncated (BatchNorm recalibrated), measured by :mod:`.sensitivity`.
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..config import LayerSpec
+from ..layers import HOOI_SWEEPS, tucker2_hooi
 from ..search.space import ResolvedSpace, Sample, UnitChoice
 
 __all__ = [
@@ -113,21 +114,17 @@ def knapsack(
 
 
 class _Spectra:
-    """One layer's kernel and its channel-mode bases, computed once (float64)."""
+    """One layer's kernel (float64), its energy and, once computed, its singular values."""
 
     def __init__(self, weight: Tensor) -> None:
         self.w = weight.detach().double()
         self.total = float(self.w.square().sum())
-        self._bases: tuple[Tensor, Tensor] | None = None
         self._s: Tensor | None = None
 
     def tucker2(self, rank_out: int, rank_in: int) -> float:
-        if self._bases is None:
-            u_out = torch.linalg.svd(self.w.flatten(1), full_matrices=False)[0]
-            u_in = torch.linalg.svd(self.w.transpose(0, 1).flatten(1), full_matrices=False)[0]
-            self._bases = (u_out, u_in)
-        u_out, u_in = self._bases
-        core = torch.einsum("oikl,or,is->rskl", self.w, u_out[:, :rank_out], u_in[:, :rank_in])
+        core, _, _ = tucker2_hooi(
+            self.w, rank_out, rank_in, HOOI_SWEEPS
+        )  # the decomposition trials start from
         return float(core.square().sum()) / self.total
 
     def svd(self, rank: int) -> float:
@@ -138,8 +135,8 @@ class _Spectra:
 
 def retained_energy(weight: Tensor, spec: LayerSpec, spectra: _Spectra | None = None) -> float:
     """Share of ``||W||_F^2`` that ``spec``'s truncated decomposition of ``weight`` keeps: Tucker-2
-    by HOSVD (the leading channel-mode bases; HOOI keeps as much or more), SVD by the top-r
-    singular values."""
+    by HOSVD + HOOI (:func:`rank_search.layers.tucker2_hooi`, the decomposition a warm start
+    uses), SVD by the top-r singular values."""
     spectra = spectra or _Spectra(weight)
     if spec.format == "dense" or spectra.total == 0.0:
         return 1.0
@@ -152,7 +149,7 @@ def energy_scores(
     space: ResolvedSpace, options: Mapping[str, Sequence[Option]], weights: Mapping[str, Tensor]
 ) -> dict[Option, float]:
     """Each option's summed retained energy over its unit's layers (``weights``: dense kernels by
-    layer name); each layer's bases are computed once."""
+    layer name); each layer's kernel is converted and its energy summed once."""
     spectra: dict[str, _Spectra] = {}
     scores = {}
     for key, unit_opts in options.items():
