@@ -61,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--max-train-samples", type=int, help="smoke runs only: a stratified subset")
+    p.add_argument(
+        "--report-only", action="store_true", help="tables from the runs that finished, whole seeds"
+    )
     return p.parse_args()
 
 
@@ -220,15 +223,21 @@ def main() -> int:
             seen[layers] = m
             tasks += [(b, m, rows[m]["config"], s) for s in args.seeds]
 
+    tasks.sort(key=lambda task: task[3])  # seed by seed: a run cut short still has whole seeds
+
     def run(
         task: tuple[str, str | None, str | None, int],
     ) -> tuple[tuple[str, str | None, int], dict[str, Any]]:
         b, method, config, seed = task
-        folder = args.out / ("dense" if method is None else f"b{b}/{method}") / f"seed{seed}"
-        return (b, method, seed), finetune(args, config, folder.resolve(), seed)
+        folder = (args.out / ("dense" if method is None else f"b{b}/{method}") / f"seed{seed}").resolve()
+        if args.report_only:
+            metrics = folder / "metrics.json"
+            return (b, method, seed), json.loads(metrics.read_text()) if metrics.is_file() else {}
+        return (b, method, seed), finetune(args, config, folder, seed)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         done = dict(pool.map(run, tasks))
+    args.seeds = [s for s in args.seeds if all(done[key] for key in done if key[2] == s)]  # whole seeds
     for (b, m), same in alias.items():  # identical config, same seeds: the same runs
         for s in args.seeds:
             done[(b, m, s)] = done[(b, same, s)]
