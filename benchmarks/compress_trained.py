@@ -33,11 +33,10 @@ from typing import Any
 
 from rank_search._io import atomic_write_json, atomic_write_text
 from rank_search.compress import CompressJob, allocate, resolve_target
-from rank_search.compress.sensitivity import calibration_batches
 from rank_search.config import load_rank_config
 from rank_search.data import DataOptions, load_data
 from rank_search.models import create_model
-from rank_search.trained import decompose_model, load_weights, recalibrate_bn
+from rank_search.trained import calibration_batches, decompose_model, load_weights, recalibrate_bn
 
 METHODS = ("uniform", "energy", "sensitivity")
 

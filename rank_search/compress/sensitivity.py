@@ -13,7 +13,7 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from torch import nn
 
 from .._io import atomic_write_json
 from ..search.space import ResolvedSpace
-from ..trained import decompose_model, recalibrate_bn
+from ..trained import calibration_batches, decompose_model, recalibrate_bn
 from .allocate import Option
 
 if TYPE_CHECKING:
@@ -61,18 +61,6 @@ def file_digest(path: str | Path) -> str:
     if p.is_dir():
         p = p / "model.pt"
     return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def calibration_batches(data: Dataset, images: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
-    """Up to ``images`` augmented training images in a seeded order."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)
-    seen = 0
-    for x, _ in data.batches("train", batch_size=batch_size, train=True, generator=generator):
-        if seen >= images:
-            return
-        x = x[: images - seen]
-        seen += int(x.shape[0])
-        yield x
 
 
 def subset_accuracy(model: nn.Module, data: Dataset, images: int, batch_size: int = 500) -> float:

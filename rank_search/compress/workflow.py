@@ -105,8 +105,8 @@ def resolve_target(model: str, space_name: str, data: Dataset, budget: float) ->
 def _evaluate(config: RankConfig, dense: nn.Module, data: Dataset, job: CompressJob) -> tuple[float, float]:
     import copy
 
-    from ..trained import decompose_model, recalibrate_bn
-    from .sensitivity import calibration_batches, subset_accuracy
+    from ..trained import calibration_batches, decompose_model, recalibrate_bn
+    from .sensitivity import subset_accuracy
 
     images = data.split_size("val")
     model = copy.deepcopy(dense)

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -308,28 +308,16 @@ class _Trainer:
         train = self.train
         if train.init_from is None:
             return config.build(seed=train.seed).to(self.device)
-        from ..trained import recalibrate_bn, warm_model
+        from ..trained import calibration_batches, recalibrate_bn, warm_model
 
         warm = warm_model(config, train.init_from, rename=train.init_rename)
         model = warm.model.to(self.device)
-        images = self._calibration_batches(train.bn_recalibration_images)
+        images = calibration_batches(
+            self.data, train.bn_recalibration_images, train.batch_size, train.seed, self.device
+        )
         seen = recalibrate_bn(model, images) if train.bn_recalibration_images else 0
         self.init_report = {"init_from": train.init_from, "errors": warm.errors, "bn_images": seen}
         return model
-
-    def _calibration_batches(self, limit: int) -> Iterator[torch.Tensor]:
-        """Up to ``limit`` augmented training images in a seeded order (BatchNorm recalibration)."""
-        generator = torch.Generator(device=self.device).manual_seed(self.train.seed * 1_000_003 + 999_983)
-        seen = 0
-        batches = self.data.batches(
-            "train", batch_size=self.train.batch_size, device=self.device, train=True, generator=generator
-        )
-        for x, _ in batches:
-            if seen >= limit:
-                return
-            x = x[: limit - seen]
-            seen += int(x.shape[0])
-            yield x
 
     @staticmethod
     def _regularizer(config: RankConfig, model: nn.Module) -> str | None:

@@ -5,12 +5,20 @@ low-rank layers, never training, search or analysis), so the training loop and t
 trials can build a warm-started model through it.
 """
 
-from .decompose import Decomposition, decompose_model, recalibrate_bn, relative_errors, warm_model
+from .decompose import (
+    Decomposition,
+    calibration_batches,
+    decompose_model,
+    recalibrate_bn,
+    relative_errors,
+    warm_model,
+)
 from .weights import WeightsError, load_weights, parse_rename, read_state_dict
 
 __all__ = [
     "Decomposition",
     "WeightsError",
+    "calibration_batches",
     "decompose_model",
     "load_weights",
     "parse_rename",

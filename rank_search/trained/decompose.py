@@ -14,9 +14,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,17 @@ from ..convert import apply_rank_config
 from ..layers import low_rank_modules
 from .weights import load_weights
 
-__all__ = ["Decomposition", "decompose_model", "recalibrate_bn", "relative_errors", "warm_model"]
+if TYPE_CHECKING:
+    from ..data import Dataset
+
+__all__ = [
+    "Decomposition",
+    "calibration_batches",
+    "decompose_model",
+    "recalibrate_bn",
+    "relative_errors",
+    "warm_model",
+]
 
 
 @dataclass
@@ -91,6 +102,21 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor]) -> int:
             m.running_mean.copy_(mean)  # type: ignore[union-attr]
             m.running_var.copy_(var)  # type: ignore[union-attr]
     return seen
+
+
+def calibration_batches(
+    data: Dataset, images: int, batch_size: int, seed: int, device: torch.device | str = "cpu"
+) -> Iterator[Tensor]:
+    """Up to ``images`` augmented training images of ``data`` in a seeded order, on ``device``
+    (the batches :func:`recalibrate_bn` reads)."""
+    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + 999_983)
+    seen = 0
+    for x, _ in data.batches("train", batch_size=batch_size, device=device, train=True, generator=generator):
+        if seen >= images:
+            return
+        x = x[: images - seen]
+        seen += int(x.shape[0])
+        yield x
 
 
 def warm_model(
