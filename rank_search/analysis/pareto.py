@@ -3,18 +3,8 @@
 The fronts and the selection live in :mod:`rank_search.search.selection` (the search selects its
 best trial with them) and are re-exported here; the fitted front (:func:`fit_front`) is here.
 
-The cost axis is MACs (``axis="macs"``, the ``macs`` column) or the predicted latency of a
-latency-budget search (``axis="latency"``, the ``latency_ms`` column, ms per batch on the
-search's device); every function here takes ``axis`` (default MACs). Trials without a value
-on the axis are left out.
-
-Only fully-trained trials (status ``completed`` and every planned epoch run) can be on the
-front or be selected: an early-stopped, failed, diverged or still-running trial's accuracy is
-not comparable to a fully-trained one.
-
-Duplicates: trials with exactly the same objective values are all non-dominated or all
-dominated; :func:`non_dominated` keeps only the first of them (the earliest trial in the
-frame's trial order) by default (``duplicates="first"``), or all with ``duplicates="all"``.
+The rules on the cost axis, which trials may be on a front and duplicates are
+:mod:`rank_search.search.selection`'s.
 """
 
 from __future__ import annotations
