@@ -98,13 +98,12 @@ def test_scores(config_path: Path, dense: Any, data: Any, bn_images: int = 2048)
     """Test accuracy of the decomposed model zero-shot and after BN recalibration."""
     model = copy.deepcopy(dense)
     decompose_model(model, load_rank_config(config_path).layers)
-    n = data.split_size("test")
-    zero = _test_accuracy(model, data, n)
+    zero = _test_accuracy(model, data)
     recalibrate_bn(model, calibration_batches(data, bn_images, 256, 0))
-    return {"test_zero_shot": zero, "test_bn_recalibrated": _test_accuracy(model, data, n)}
+    return {"test_zero_shot": zero, "test_bn_recalibrated": _test_accuracy(model, data)}
 
 
-def _test_accuracy(model: Any, data: Any, n: int) -> float:
+def _test_accuracy(model: Any, data: Any) -> float:
     from rank_search.train.loop import evaluate
 
     acc, _ = evaluate(model, data, "test", batch_size=500)
@@ -207,7 +206,7 @@ def main() -> int:
     dense = load_weights(
         create_model(args.model, num_classes=data.num_classes), args.weights, rename=_rename(args.rename)
     )
-    dense_test = _test_accuracy(dense, data, data.split_size("test"))
+    dense_test = _test_accuracy(dense, data)
     budgets = {f"{b:.2f}": configs_for_budget(args, b, data, dense) for b in args.budgets}
     print(f"configs ready after {time.perf_counter() - started:.0f} s", flush=True)
     tasks = [("dense", None, None, s) for s in args.seeds]

@@ -29,7 +29,7 @@ from .allocate import Option
 if TYPE_CHECKING:
     from ..data import Dataset
 
-__all__ = ["SensitivityTable", "calibration_batches", "file_digest", "measure_sensitivity", "subset_accuracy"]
+__all__ = ["SensitivityTable", "file_digest", "measure_sensitivity", "subset_accuracy"]
 
 CACHE_FORMAT = "rank-search/sensitivity-1"
 
