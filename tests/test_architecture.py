@@ -20,7 +20,19 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # package above it ("" is the package ``__init__`` itself); it may import its own layer and the
 # ones below. A new module must be placed here (and in docs/architecture.md).
 LAYERS: list[tuple[str, ...]] = [
-    ("", "_version", "errors", "_io", "_validate", "_rundir", "threads", "_formulas", "models", "data"),
+    (
+        "",
+        "_version",
+        "errors",
+        "_io",
+        "_validate",
+        "_rundir",
+        "threads",
+        "_formulas",
+        "outcomes",
+        "models",
+        "data",
+    ),
     ("layers", "inference", "regularizers"),
     ("specs",),
     ("cost",),

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -110,36 +111,56 @@ def test_export_from_a_running_search_ignores_unfinished_trials(tmp_path: Path) 
     assert json.loads(path.read_text())["provenance"]["trial_id"] == "c1"
 
 
-def test_export_keeps_uniform_when_the_lead_is_noise_and_says_why(tmp_path: Path) -> None:
-    """Trials recorded with their validation size: a 1-point lead on 2,000 images is within the noise
-    margin, so best.json is the uniform starting point and its provenance says why."""
-    search = make_search_dir(
-        tmp_path / "s",
-        [T("u", "u0.5", acc=0.80, tags=["uniform"], number=0, val_size=2000),
-         T("b", "B", acc=0.81, number=1, val_size=2000)],
+def _outcomes(gain: int, loss: int, n: int = 2000) -> np.ndarray:
+    """Half of ``n`` images right, then ``gain`` more right (from the end) and ``loss`` fewer."""
+    v = np.zeros(n, dtype=bool)
+    v[: n // 2] = True
+    v[n - gain :] = True
+    v[n // 2 - loss : n // 2] = False
+    return v
+
+
+def _tied_search(path: Path) -> Path:
+    """The uniform trial and a searched one (config B) that leads it by 1 point on 2,000 images,
+    120 wins against 100 losses (McNemar p = 0.10): statistically tied; a third (config A) that B
+    beats on 40 images and loses to on none (p = 1e-12)."""
+    return make_search_dir(
+        path,
+        [T("u", "u0.5", acc=0.50, tags=["uniform"], number=0, val_size=2000, outcomes=_outcomes(0, 0)),
+         T("b", "B", acc=0.51, number=1, val_size=2000, outcomes=_outcomes(120, 100)),
+         T("a", "A", acc=0.49, number=2, val_size=2000, outcomes=_outcomes(100, 120))],
     )  # fmt: skip
-    results = load_search(search)
+
+
+def test_export_picks_the_cheapest_tied_trial_and_says_why(tmp_path: Path) -> None:
+    """best.json is the cheapest trial the best one does not beat by the paired test, and its
+    provenance says which rule chose, with the tied trials and p-values."""
+    results = load_search(_tied_search(tmp_path / "s"))
+    costs = results.trials.set_index("trial_id")["macs"]
+    cheapest = str(costs.idxmin())
     path = export_best(results, results.dense_macs, tmp_path / "best.json")[0]
     provenance = json.loads(path.read_text())["provenance"]
-    assert provenance["trial_id"] == "u"
-    assert "kept the uniform starting point (trial u)" in provenance["selection"]
-    path = export_best(results, results.dense_macs, tmp_path / "plain.json", noise_z=0)[0]
+    assert provenance["trial_id"] == cheapest
+    assert (
+        "2 trials within the budget are statistically tied with the best trial b" in provenance["selection"]
+    )
+    detail = provenance["selection_detail"]
+    assert detail["rule"] == "cheapest-tied" and sorted(detail["tied"]) == ["b", "u"]
+    assert detail["p_values"]["a"] < 1e-9
+    assert detail["p_values"]["u"] == pytest.approx(0.1002, abs=2e-3)
+    path = export_best(results, results.dense_macs, tmp_path / "plain.json", alpha=0)[0]
     assert json.loads(path.read_text())["provenance"]["trial_id"] == "b"
 
 
-def test_cli_export_prints_the_selection_and_takes_noise_z(
+def test_cli_export_prints_the_selection_and_takes_alpha(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    search = make_search_dir(
-        tmp_path / "s",
-        [T("u", "u0.5", acc=0.80, tags=["uniform"], number=0, val_size=2000),
-         T("b", "B", acc=0.81, number=1, val_size=2000)],
-    )  # fmt: skip
+    search = _tied_search(tmp_path / "s")
     args = ["export", str(search), "--budget", "1.0"]
     assert main([*args, "-o", str(tmp_path / "a.json")]) == 0
-    assert "selection: kept the uniform starting point (trial u)" in capsys.readouterr().out
-    assert main([*args, "-o", str(tmp_path / "b.json"), "--noise-z", "0"]) == 0
-    assert "selection:" not in capsys.readouterr().out
+    assert "selection: 2 trials within the budget are statistically tied" in capsys.readouterr().out
+    assert main([*args, "-o", str(tmp_path / "b.json"), "--alpha", "0"]) == 0
+    assert "selection: best val_accuracy within the budget: the paired test is off" in capsys.readouterr().out
     assert json.loads((tmp_path / "b.json").read_text())["provenance"]["trial_id"] == "b"
-    assert main([*args, "-o", str(tmp_path / "c.json"), "--noise-z", "-1"]) == 2
-    assert "--noise-z must be >= 0" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "c.json"), "--alpha", "-1"]) == 2
+    assert "--alpha must be in [0, 1)" in capsys.readouterr().err

@@ -10,12 +10,12 @@ import pytest
 
 from rank_search.analysis.pareto import (
     fit_front,
-    noise_margin,
     non_dominated,
     pareto_front,
     resolve_budget,
     select_at_budget,
     selection_note,
+    selection_summary,
 )
 from rank_search.errors import BudgetError, RankSearchError
 
@@ -152,38 +152,98 @@ def test_select_best_and_top_k_with_tie_breaks() -> None:
         select_at_budget(frame, 250, top=0)
 
 
-def _with_uniform(frame: pd.DataFrame, uniform: str, val_size: float) -> pd.DataFrame:
+def _paired(
+    frame: pd.DataFrame, uniform: str, flips: dict[str, tuple[int, int]], n: int = 2000
+) -> pd.DataFrame:
+    """Give every trial per-image outcomes on the same ``n`` images: a shared base vector (half
+    right), then for trial ``t`` with ``flips[t] = (gain, loss)`` ``gain`` wrong images made right
+    and ``loss`` right images made wrong (disjoint per trial), so the discordant counts between
+    any two trials are known exactly. ``val_accuracy`` is set from the outcomes."""
+    base = np.zeros(n, dtype=bool)
+    base[: n // 2] = True
+    vectors, right, wrong = [], n // 2 - 1, n - 1  # take images from the ends, never twice
+    for trial in frame["trial_id"]:
+        gain, loss = flips.get(trial, (0, 0))
+        v = base.copy()
+        v[wrong - gain + 1 : wrong + 1] = True
+        v[right - loss + 1 : right + 1] = False
+        wrong, right = wrong - gain, right - loss
+        vectors.append(v)
     frame["tags"] = [["uniform"] if t == uniform else [] for t in frame["trial_id"]]
-    frame["val_size"] = val_size
+    frame["val_size"] = float(n)
+    frame["val_outcomes"] = vectors
+    frame["val_accuracy"] = [float(v.mean()) for v in vectors]
     return frame
 
 
-def test_noise_margin_is_two_standard_errors_of_a_difference() -> None:
-    assert noise_margin(0.5, 0.5, 2000) == pytest.approx(2 * math.sqrt(0.5 / 2000))
-    assert noise_margin(0.46, 0.45, 2000) == pytest.approx(0.0315, abs=5e-4)
-    assert noise_margin(0.46, 0.45, 2000, z=0) == 0
+def test_mcnemar_against_a_known_result() -> None:
+    """One-sided exact McNemar: 10 wins, 2 losses -> P(X >= 10 | n=12, 1/2) = 79/4096 (the
+    two-sided textbook value is twice it, 0.0386); no discordant images -> 1."""
+    from rank_search.outcomes import compare, decode_outcomes, encode_outcomes, mcnemar_p
+
+    assert mcnemar_p(10, 2) == pytest.approx(79 / 4096, rel=1e-12)
+    assert mcnemar_p(2, 10) == pytest.approx(1 - 13 / 4096, rel=1e-12)
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3000, 2900) < 0.2 < mcnemar_p(3000, 2950)
+    a = np.array([1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1], dtype=bool)
+    b = np.array([0, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1], dtype=bool)
+    result = compare(a, b)
+    assert (result.wins, result.losses) == (3, 1) and result.p == pytest.approx(5 / 16)
+    assert result.z == pytest.approx(2 / 2)
+    packed = encode_outcomes(a)
+    assert packed["n"] == 11 and np.array_equal(decode_outcomes(packed), a)
+    assert decode_outcomes({"format": "bits-v1", "n": 30, "bits": packed["bits"]}) is None
+    assert decode_outcomes(None) is None and decode_outcomes({"format": "other"}) is None
 
 
-def test_uniform_starting_point_is_kept_unless_beaten_beyond_the_noise() -> None:
-    """The evidence run's case: the best trial leads uniform by 1.4 points on 2,000 validation
-    images (margin 3.2 points), so uniform is selected and the note says why; a lead beyond the
-    margin, a search without a uniform trial, records without val_size or noise_z=0 select plain
-    best-first."""
-    rows = [("u", 500, 0.4495), ("s", 499, 0.4635), ("t", 500, 0.455), ("over", 600, 0.9)]
-    chosen = select_at_budget(_with_uniform(trials(*rows), "u", 2000), 500, top=3)
-    assert chosen["trial_id"].tolist() == ["u", "s", "t"]
+def test_tied_trials_export_the_cheapest() -> None:
+    """The best trial leads the others by 5-10 of 2,000 images (p > 0.05): all tied, the cheapest
+    within the budget is chosen and the note says why; the over-budget trial never counts."""
+    rows = [("u", 500, 0), ("s", 499, 0), ("cheap", 340, 0), ("mid", 420, 0), ("over", 600, 0)]
+    frame = _paired(trials(*rows), "u", {"s": (30, 20), "cheap": (20, 20), "mid": (25, 20), "over": (90, 0)})
+    chosen = select_at_budget(frame, 500, top=4)
+    assert chosen["trial_id"].tolist() == ["cheap", "mid", "s", "u"]  # chosen, then tied by cost
     note = selection_note(chosen)
-    assert note is not None and "trial s led it by 0.0140" in note and "2000 validation images" in note
-    plain = select_at_budget(_with_uniform(trials(*rows), "u", 2000), 500, top=3, noise_z=0)
-    assert plain["trial_id"].tolist() == ["s", "t", "u"] and selection_note(plain) is None
-    bigger = select_at_budget(_with_uniform(trials(*rows), "u", 50_000), 500)
-    assert bigger["trial_id"].tolist() == ["s"] and selection_note(bigger) is None  # margin 0.63 points
-    far = [("u", 500, 0.40), ("s", 499, 0.46)]
-    assert select_at_budget(_with_uniform(trials(*far), "u", 2000), 500)["trial_id"].tolist() == ["s"]
-    assert select_at_budget(_with_uniform(trials(*rows), "none", 2000), 500)["trial_id"].tolist() == ["s"]
-    unknown = _with_uniform(trials(*rows), "u", math.nan)
-    assert select_at_budget(unknown, 500)["trial_id"].tolist() == ["s"]
-    assert selection_note(select_at_budget(_with_uniform(trials(*rows), "s", 2000), 500)) is None
+    assert note is not None and "4 trials within the budget are statistically tied" in note
+    assert "best trial s" in note and "chose the cheapest of them, trial cheap" in note
+    detail = selection_summary(chosen)
+    assert detail is not None and detail["rule"] == "cheapest-tied" and detail["chosen"] == "cheap"
+    assert sorted(detail["tied"]) == ["cheap", "mid", "s", "u"]
+    # alpha 0: plain best first, and the note says the test is off
+    plain = select_at_budget(frame, 500, top=2, alpha=0)
+    assert plain["trial_id"].tolist() == ["s", "mid"] and "paired test is off" in str(selection_note(plain))
+
+
+def test_a_clearly_better_trial_is_chosen() -> None:
+    """80 wins against 10 losses (p ~ 1e-15): the best trial beats every other, so it is chosen
+    even though cheaper trials exist."""
+    rows = [("u", 500, 0), ("s", 499, 0), ("cheap", 340, 0)]
+    frame = _paired(trials(*rows), "u", {"s": (90, 10), "cheap": (10, 10)})
+    chosen = select_at_budget(frame, 500, top=3)
+    assert chosen["trial_id"].tolist()[0] == "s"
+    assert "beats every other trial" in str(selection_note(chosen))
+    assert selection_summary(chosen)["tied"] == ["s"]  # type: ignore[index]
+
+
+def test_equal_costs_prefer_the_uniform_starting_point() -> None:
+    """Searched configs are projected onto the budget, so tied trials often cost the same to 1%:
+    then the uniform starting point is chosen, the note naming it."""
+    rows = [("s", 500, 0), ("u", 497, 0), ("t", 499, 0)]
+    frame = _paired(trials(*rows), "u", {"s": (25, 15), "t": (20, 15)})
+    chosen = select_at_budget(frame, 500)
+    assert chosen["trial_id"].tolist() == ["u"]
+    assert "the uniform starting point" in str(selection_note(chosen))
+    # without a uniform trial: the cheapest (by 1%: equal) goes by accuracy, then order
+    frame = _paired(trials(*rows), "none", {"s": (25, 15), "t": (20, 15)})
+    assert select_at_budget(frame, 500)["trial_id"].tolist() == ["s"]
+
+
+def test_records_without_outcomes_select_plain_best() -> None:
+    rows = [("u", 500, 0.4495), ("s", 499, 0.4635), ("t", 400, 0.455)]
+    chosen = select_at_budget(trials(*rows), 500, top=3)
+    assert chosen["trial_id"].tolist() == ["s", "t", "u"]
+    assert "no per-image validation outcomes" in str(selection_note(chosen))
+    with pytest.raises(RankSearchError, match="alpha"):
+        select_at_budget(trials(*rows), 500, alpha=1.5)
 
 
 def test_budget_error_names_the_cheapest_fully_trained_trial() -> None:

@@ -21,6 +21,7 @@ from rank_search.search.space import (
     load_space,
     parse_space,
     resolve_space,
+    trials_warning,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +96,45 @@ def test_conventions_cifar_and_imagenet() -> None:
     )
     names = {i.name for u in tv.units for i in u.layers}
     assert not any("downsample" in n for n in names) and "conv1" not in names and "fc" not in names
+
+
+def test_shipped_resnet_spaces_tie_per_stage_above_a_floor() -> None:
+    """Sized to tens of trials: the default CIFAR and torchvision ResNet spaces draw one ratio
+    per stage (3 or 4 plus the DSO weight); per-layer ranks are the opt-in space; every shipped
+    ResNet space keeps ranks at >= 0.25 of full (no rank-2 bottlenecks)."""
+    cifar = resolve_space(load_space(REPO / "spaces/cifar-resnet.yaml"), "resnet20", infos("resnet20"))
+    assert [u.key for u in cifar.units] == ["layer1", "layer2", "layer3"] and cifar.dimensions() == 4
+    tv = resolve_space(
+        load_space(REPO / "spaces/torchvision-resnet.yaml"),
+        "resnet18",
+        infos("resnet18"),
+        input_size=(3, 64, 64),
+    )
+    assert tv.dimensions() == 5
+    per_layer = resolve_space(
+        load_space(REPO / "spaces/cifar-resnet-per-layer.yaml"), "resnet20", infos("resnet20")
+    )
+    assert len(per_layer.units) == 18 and per_layer.dimensions() == 19
+    assert per_layer.dimensions("stage") == 4 and per_layer.dimensions("block") == 10
+    for path in SPACES:
+        space = load_space(path)
+        if any(m.startswith("resnet") for m in space.models):
+            assert all(g.kind == "ratio" and g.lo >= 0.25 for g in space.groups), path.name
+
+
+def test_too_few_trials_for_the_space_warn_with_the_tie_that_fits() -> None:
+    per_layer = resolve_space(
+        load_space(REPO / "spaces/cifar-resnet-per-layer.yaml"), "resnet20", infos("resnet20")
+    )
+    warning = trials_warning(per_layer, 20)
+    assert warning is not None and "20 trials are too few for 19 searched parameters" in warning
+    assert "want >= 5 per parameter, 95" in warning and "tie: stage (4 parameters) would fit" in warning
+    assert "tie: block (10 parameters) would fit" in str(trials_warning(per_layer, 50))
+    assert trials_warning(per_layer, 95) is None
+    assert "even tie: stage has 4 parameters" in str(trials_warning(per_layer, 8))
+    stage = resolve_space(load_space(REPO / "spaces/cifar-resnet.yaml"), "resnet20", infos("resnet20"))
+    assert trials_warning(stage, 20) is None
+    assert "use more trials or a smaller space" in str(trials_warning(stage, 8))
 
 
 def test_mobilenet_skips_depthwise_silently() -> None:

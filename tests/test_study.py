@@ -157,6 +157,7 @@ def test_prepare_maps_starting_points(tmp_path: Path) -> None:
     save_rank_config(dprp, tmp_path / "dprp.json")
     data = {
         **MINIMAL,
+        "space": "cifar-resnet-per-layer",
         "starting_points": {"configs": ["dprp.json"]},
         "data_options": {"max_train_samples": 200},
     }
@@ -164,7 +165,7 @@ def test_prepare_maps_starting_points(tmp_path: Path) -> None:
     assert [tag for tag, _ in plan.points] == ["uniform", "dprp"]
     dprp_params = plan.points[1][1]
     assert dprp_params["layer1.0.conv1.ratio"] == pytest.approx(0.25)
-    assert dprp_params["layer3.2.conv2.ratio"] == pytest.approx(12 / 64)
+    assert dprp_params["layer3.2.conv2.ratio"] == pytest.approx(0.25)  # 12/64, raised to the floor
     assert plan.storage_url == f"journal:{(tmp_path / 'out' / 'optuna.journal').resolve()}"
     assert plan.study_name.startswith("study-") and plan.budget_macs == plan.space.dense_macs // 2
     wrong = RankConfig(ModelSpec("resnet32"), (3, 16, 16), {}, provenance={"source": "dprp"})
@@ -177,7 +178,7 @@ def test_prepare_maps_starting_points(tmp_path: Path) -> None:
 def space_function(fill_up: bool = True) -> SpaceFunction:
     infos = list_factorizable(create_model("resnet20"), (3, 16, 16))
     res = resolve_space(
-        load_space(REPO / "spaces/cifar-resnet.yaml"), "resnet20", infos, input_size=(3, 16, 16)
+        load_space(REPO / "spaces/cifar-resnet-per-layer.yaml"), "resnet20", infos, input_size=(3, 16, 16)
     )
     return SpaceFunction(res, Budget(fraction=0.5).resolve(res.dense_macs), fill_up=fill_up)
 

@@ -16,19 +16,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..search.selection import ALPHA as ALPHA
 from ..search.selection import AXES as AXES
 from ..search.selection import AXIS_UNITS as AXIS_UNITS
+from ..search.selection import COST_TIE as COST_TIE
 from ..search.selection import DIRECTIONS as DIRECTIONS
-from ..search.selection import NOISE_Z as NOISE_Z
 from ..search.selection import SELECTION_NOTE as SELECTION_NOTE
 from ..search.selection import _amount, _on_axis
 from ..search.selection import axis_column as axis_column
-from ..search.selection import noise_margin as noise_margin
 from ..search.selection import non_dominated as non_dominated
 from ..search.selection import pareto_front as pareto_front
 from ..search.selection import resolve_budget as resolve_budget
 from ..search.selection import select_at_budget as select_at_budget
 from ..search.selection import selection_note as selection_note
+from ..search.selection import selection_summary as selection_summary
+from ..search.selection import tied_count as tied_count
 
 MIN_FIT_POINTS = 3
 

@@ -27,6 +27,7 @@ from .pareto import (
     resolve_budget,
     select_at_budget,
     selection_note,
+    selection_summary,
 )
 from .record import Analysis as Analysis
 from .redundancy import best_trials_label, layer_sensitivity, optuna_importances, rank_distribution
@@ -260,6 +261,7 @@ def summary(analysis: Analysis) -> dict[str, Any]:
         "best_at_budget": [_trial_summary(row) for _, row in analysis.selection.iterrows()],
         "selection_error": analysis.selection_error,
         "selection_note": selection_note(analysis.selection),
+        "selection_detail": selection_summary(analysis.selection),
         "dense": {"macs": _clean(base.dense_macs), "val_accuracy": _clean(base.dense_accuracy),
                   "trial_id": base.dense_trial_id},
         "uniform_at_budget": _trial_summary(uniform) if uniform is not None else None,

@@ -42,10 +42,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("directory", metavar="DIR", help="search directory (with search.json)")
     _budget_args(p, required=True)
     p.add_argument("--top", type=int, default=1, metavar="K", help="export the K best (default 1)")
-    p.add_argument("--noise-z", type=float, metavar="Z",
-                   help="keep the search's uniform starting point first unless the best trial leads it "
-                        "by more than Z standard errors of the validation accuracies (default 2; 0: "
-                        "plain best first)")  # fmt: skip
+    p.add_argument("--alpha", type=float, metavar="A",
+                   help="significance level of the paired test (McNemar on per-image validation "
+                        "outcomes): the cheapest trial the best one does not beat at this level is "
+                        "exported (default 0.05; 0: plain best first)")  # fmt: skip
     p.add_argument("-o", "--output", default="best.json", help="output file or folder (default best.json)")
     p.set_defaults(run=run_export)
 
@@ -93,7 +93,7 @@ def _selection_table(selection: Any, latency: bool) -> str:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..analysis.export import export_rows
-    from ..analysis.pareto import NOISE_Z, resolve_budget, select_at_budget, selection_note
+    from ..analysis.pareto import ALPHA, resolve_budget, select_at_budget, selection_note
     from ..analysis.results import load_search
     from ..errors import RankSearchError
 
@@ -106,10 +106,10 @@ def run_export(args: argparse.Namespace) -> int:
         budget = resolve_budget(results.dense_macs, fraction=args.budget, max_macs=args.max_macs)
     assert budget is not None  # the argument group is required
     axis = "latency" if args.max_latency_ms is not None else "macs"
-    noise_z = NOISE_Z if args.noise_z is None else args.noise_z
-    if not noise_z >= 0:
-        raise RankSearchError(f"--noise-z must be >= 0, got {noise_z}")
-    chosen = select_at_budget(results.trials, budget, top=args.top, axis=axis, noise_z=noise_z)
+    alpha = ALPHA if args.alpha is None else args.alpha
+    if not 0 <= alpha < 1:
+        raise RankSearchError(f"--alpha must be in [0, 1), got {alpha}")
+    chosen = select_at_budget(results.trials, budget, top=args.top, axis=axis, alpha=alpha)
     for path in export_rows(results, chosen, budget, args.output, axis=axis):
         print(f"wrote {path}")
     if note := selection_note(chosen):

@@ -92,5 +92,10 @@ def run_search_command(args: argparse.Namespace) -> int:
     )
     if outcome.selection:
         print(f"selection: {outcome.selection}")
+    if outcome.tied > 1:
+        print(
+            f"warning: the top {outcome.tied} trials are statistically tied: this search cannot tell "
+            "their allocations apart (longer trials or more validation images would)"
+        )
     print(f"best rank config: {outcome.best_path}")
     return 0 if outcome.status == "finished" else 130

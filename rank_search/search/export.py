@@ -4,8 +4,9 @@ The files are plain rank-config JSON (:func:`rank_search.config.save_rank_config
 as-is by ``rank-search train`` and :func:`rank_search.config.load_rank_config`. Each carries
 its origin in ``provenance``: ``source``, ``study``, ``mode``, ``trial_id``, ``optuna_trial_number``,
 ``val_accuracy``, ``epochs``, ``search_dir``, plus ``macs``, ``budget_macs`` and ``place``
-(1 = best), and ``selection`` when the uniform starting point was kept over a lead within the
-noise; under a latency budget (``axis="latency"``) ``budget_macs`` is null and
+(1 = best); the first file also ``selection`` (which rule chose and why, one line) and
+``selection_detail`` (the paired test, the tied trials and their p-values); under a latency
+budget (``axis="latency"``) ``budget_macs`` is null and
 ``latency_ms`` and ``budget_latency_ms`` are added.
 
 File names: with ``top=1`` the output path as given; with ``top=K>1`` the best goes to the
@@ -25,7 +26,7 @@ import pandas as pd
 from ..config import RankConfig, rank_config_from_dict, save_rank_config
 from ..errors import ConfigError
 from .results import SearchResults
-from .selection import NOISE_Z, select_at_budget, selection_note
+from .selection import ALPHA, select_at_budget, selection_note, selection_summary
 
 
 def output_paths(output: str | Path, count: int) -> list[Path]:
@@ -87,13 +88,13 @@ def export_best(
     top: int = 1,
     metric: str = "val_accuracy",
     axis: str = "macs",
-    noise_z: float = NOISE_Z,
+    alpha: float = ALPHA,
 ) -> list[Path]:
     """Write the ``top`` best fully-trained configs with cost ``<= budget``; return the paths.
 
-    The order is :func:`~rank_search.search.selection.select_at_budget`'s (the uniform starting
-    point first when the best trial's lead over it is within ``noise_z`` standard errors; the
-    first file's ``provenance.selection`` then says so).
+    The order is :func:`~rank_search.search.selection.select_at_budget`'s (the cheapest trial the
+    best one does not beat by a paired test at level ``alpha``; the first file's
+    ``provenance.selection`` says which rule chose and why).
 
     The cost (and ``budget``) is MACs, or the predicted ``latency_ms`` for ``axis="latency"`` (ms).
 
@@ -101,7 +102,7 @@ def export_best(
     when no fully-trained trial meets the budget. Fewer than ``top`` files are written when
     fewer trials fit.
     """
-    chosen = select_at_budget(results.trials, budget, top=top, metric=metric, axis=axis, noise_z=noise_z)
+    chosen = select_at_budget(results.trials, budget, top=top, metric=metric, axis=axis, alpha=alpha)
     return export_rows(results, chosen, budget, output, axis=axis)
 
 
@@ -121,5 +122,6 @@ def export_rows(
         config.provenance = provenance(results, row, place, budget, axis)
         if place == 1 and (note := selection_note(chosen)):
             config.provenance["selection"] = note
+            config.provenance["selection_detail"] = selection_summary(chosen)
         written.append(save_rank_config(config, path))
     return written

@@ -10,8 +10,9 @@ when the trial completes, is stopped by ASHA, or errors. Schema (version 1)::
      "macs": int, "dense_macs": int, "params": int,
      "latency_ms": float | null (predicted, latency budgets only),
      "val_accuracy": float | null (last epoch, fraction), "best_val_accuracy": float | null,
-     "history": [{"epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs",
-                  "params", "lr"}],
+     "history": [{"epoch", "train_loss", "reg_loss", "val_accuracy", "val_loss", "epoch_time_s",
+                  "macs", "params", "lr"}],
+     "val_size": int | null, "val_outcomes": {"format": "bits-v1", "n": int, "bits": str} | null,
      "wall_time_s": float, "node_id": str | null, "error": str | null,
      "threads": {"torch_threads": int, "omp_wait_policy": str | null} (the trial's process),
      "projection": {"projected": bool, "scale": float, "sampled_macs": int,
@@ -22,7 +23,10 @@ interrupted in (Ctrl-C), continued by ``--resume``. ``threads`` is an addition (
 ``projection`` is an addition: the sampled config before it was repaired onto the budget.
 ``latency_ms`` is an addition: the config's latency predicted from the search's latency table
 (ms per batch on the budget's device; ``projection.sampled_latency_ms`` before repair); null
-for MACs budgets.
+for MACs budgets. ``val_outcomes`` (issue 20) is the last validation's per-image right/wrong,
+packed (:mod:`rank_search.outcomes`): every trial of a search sees the same validation images in the
+same order, so the selection compares trials image by image (a paired test); ``val_loss`` in the
+history is an addition too.
 """
 
 from __future__ import annotations
@@ -71,7 +75,17 @@ class AshaSettings:
         return out
 
 
-HISTORY_KEYS = ("epoch", "train_loss", "reg_loss", "val_accuracy", "epoch_time_s", "macs", "params", "lr")
+HISTORY_KEYS = (
+    "epoch",
+    "train_loss",
+    "reg_loss",
+    "val_accuracy",
+    "val_loss",
+    "epoch_time_s",
+    "macs",
+    "params",
+    "lr",
+)
 
 
 @dataclass
@@ -98,7 +112,8 @@ class TrialRecord:
     projection: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
     threads: dict[str, Any] = field(default_factory=dict)
-    val_size: int | None = None  # images in the validation split (the selection's noise level)
+    val_size: int | None = None  # images in the validation split
+    val_outcomes: dict[str, Any] | None = None  # the last validation's per-image outcomes, packed
 
     def add_epoch(self, entry: dict[str, Any]) -> None:
         """Append one epoch (keys :data:`HISTORY_KEYS`) and update the accuracy fields."""

@@ -13,7 +13,10 @@ Columns of :attr:`SearchResults.trials`, in this order:
 * ``macs``, ``dense_macs``, ``macs_fraction`` (= macs / dense_macs), ``params``, ``latency_ms``
   (predicted ms per batch under a latency budget; NaN for MACs searches);
 * ``val_accuracy`` (last epoch, fraction), ``val_size`` (validation images; NaN in records
-  written before it was recorded), ``best_val_accuracy``, ``wall_time_s``, ``node_id``, ``error``;
+  written before it was recorded), ``val_loss`` (last epoch's mean cross-entropy),
+  ``val_outcomes`` (the last validation's per-image right/wrong as a bool array, None in records
+  without them; :mod:`rank_search.outcomes`), ``best_val_accuracy``, ``wall_time_s``, ``node_id``,
+  ``error``;
 * ``regularizer``, ``regularizer_weight``;
 * per layer, in network (execution) order: ``format:<layer>`` (dense/tucker2/svd) and
   ``rank:<layer>``, the rank as a fraction of the layer's full rank (tucker2: the mean of
@@ -37,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RankSearchError
+from ..outcomes import decode_outcomes
 from .records import STATUSES as TRIAL_STATUSES
 from .records import AshaSettings
 
@@ -309,6 +313,8 @@ def _base_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "latency_ms": _num(record.get("latency_ms")),
         "val_accuracy": accuracy,
         "val_size": _num(record.get("val_size")),
+        "val_loss": _last_val_loss(record),
+        "val_outcomes": decode_outcomes(record.get("val_outcomes")),
         "best_val_accuracy": _num(record.get("best_val_accuracy")),
         "wall_time_s": _num(record.get("wall_time_s")),
         "node_id": record.get("node_id"),
@@ -316,6 +322,12 @@ def _base_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "regularizer": regularizer.get("name", "dso"),
         "regularizer_weight": _num(regularizer.get("weight", 1e-3)),
     }
+
+
+def _last_val_loss(record: Mapping[str, Any]) -> float:
+    history = record.get("history") or []
+    last = history[-1] if history and isinstance(history[-1], Mapping) else {}
+    return _num(last.get("val_loss"))
 
 
 def _history_columns(record: Mapping[str, Any], max_epochs: int) -> dict[str, float]:
@@ -387,8 +399,9 @@ INT_COLUMNS = ("macs", "dense_macs", "params")
 
 
 def flat_for_csv(trials: pd.DataFrame) -> pd.DataFrame:
-    """A copy for CSV: ``tags`` joined by ``;`` and the MACs/params columns as (nullable) integers."""
-    out = trials.copy()
+    """A copy for CSV: ``tags`` joined by ``;``, the MACs/params columns as (nullable) integers and
+    ``val_outcomes`` left out (the records keep them)."""
+    out = trials.drop(columns=["val_outcomes"], errors="ignore")
     out["tags"] = out["tags"].apply(lambda tags: ";".join(tags))
     for column in INT_COLUMNS:
         if column in out:

@@ -46,7 +46,7 @@ from .._version import __version__
 from ..errors import ConfigError, RankSearchError
 from .budget import MACS, CostModel, LatencyCost, check_budget, uniform_sample
 from .records import FINAL_STATUSES, UNIFORM_TAG, TrialRecord, read_records
-from .space import ResolvedSpace, load_space, resolve_space
+from .space import ResolvedSpace, load_space, resolve_space, trials_warning
 from .study import Study, parse_study
 from .trainable import TrialSetup
 
@@ -107,7 +107,8 @@ class SearchOutcome:
     best: TrialRecord | None
     best_path: Path | None
     front: list[TrialRecord] = field(default_factory=list)
-    selection: str | None = None  # why the uniform starting point was kept (analysis.pareto)
+    selection: str | None = None  # which rule chose the best and why (search.selection)
+    tied: int = 1  # trials the paired test could not tell from the best (1: it told them apart)
 
 
 # --- planning -------------------------------------------------------------------------------------
@@ -526,12 +527,12 @@ def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
 def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
     """Select the best trial and write ``best.json`` through the one owner of selection
     (:func:`rank_search.search.selection.select_at_budget`: fully trained, cost within the budget,
-    best val_accuracy, ties to the cheaper) and of the exported provenance
+    the cheapest trial the best one does not beat by a paired test) and of the exported provenance
     (:func:`rank_search.search.export.export_best`); analysis re-exports both."""
     from ..errors import BudgetError
     from .export import export_rows
     from .results import load_search
-    from .selection import axis_column, pareto_front, select_at_budget, selection_note
+    from .selection import axis_column, pareto_front, select_at_budget, selection_note, tied_count
 
     records = read_records(plan.out_dir)
     if not records:  # stopped before any trial wrote a record (an early Ctrl-C)
@@ -547,7 +548,8 @@ def _finish(plan: SearchPlan, status: str) -> SearchOutcome:
         return SearchOutcome(plan.out_dir, status, records, None, None, front)
     best_path = export_rows(results, chosen, plan.budget, plan.out_dir / "best.json", axis=plan.axis)[0]
     best = by_id[str(chosen.iloc[0]["trial_id"])]
-    return SearchOutcome(plan.out_dir, status, records, best, best_path, front, selection_note(chosen))
+    note, tied = selection_note(chosen), tied_count(chosen)
+    return SearchOutcome(plan.out_dir, status, records, best, best_path, front, note, tied)
 
 
 def _cost(record: TrialRecord, axis: str) -> float:
@@ -589,6 +591,8 @@ def run_search(
     begin = time.perf_counter()
     _say(f"checking the study, data and budget of {study.name} ...")
     plan, started = _plan_for(study, out, resume)
+    if warning := trials_warning(plan.space, study.trials):
+        _say(f"warning: {warning}")
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         _write_study(plan)

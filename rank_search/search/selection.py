@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..errors import BudgetError, RankSearchError
+from ..outcomes import compare
 from .records import UNIFORM_TAG
 from .results import has_tag
 
@@ -133,50 +135,115 @@ def _describe(row: pd.Series, axis: str = "macs") -> str:
     return f"trial {row['trial_id']}{optuna} with {int(row['macs']):,} MACs{frac}{latency}"
 
 
-NOISE_Z = 2.0
-"""The selection keeps the search's uniform starting point first unless the best trial leads it
-by more than this many standard errors of the difference of two validation accuracies."""
+ALPHA = 0.05
+"""Significance level of the paired test: a trial is *beaten* by the best trial when McNemar's
+one-sided exact test on their per-image validation outcomes gives ``p < ALPHA``."""
+
+COST_TIE = 0.02
+"""Costs within this fraction of the cheapest tied trial's count as the same cost (projected
+configs all land just under the budget); among those the uniform starting point is preferred."""
+
+SELECTION_NOTE = "selection_note"
+SELECTION = "selection"
 
 
-def noise_margin(a: float, b: float, val_size: float, z: float = NOISE_Z) -> float:
-    """``z`` binomial standard errors of the difference of two accuracies ``a`` and ``b``, each
-    measured on ``val_size`` images: a lead this small is what re-drawing the validation images
-    alone can give (trial-to-trial training noise comes on top)."""
-    return z * math.sqrt((a * (1 - a) + b * (1 - b)) / val_size)
+def _outcomes(row: pd.Series) -> np.ndarray | None:
+    value = row.get("val_outcomes")
+    return value if isinstance(value, np.ndarray) else None
 
 
-def _uniform_unless_beaten(ranked: pd.DataFrame, metric: str, z: float) -> pd.DataFrame:
-    """``ranked`` with the fitting uniform starting point moved first when the best trial's lead
-    over it is within :func:`noise_margin` (a search cannot claim an allocation it cannot tell
-    from uniform)."""
-    if z <= 0 or metric != "val_accuracy" or "val_size" not in ranked or "tags" not in ranked:
-        return ranked
-    uniform = ranked[has_tag(ranked, UNIFORM_TAG)]
-    if uniform.empty or uniform.index[0] == ranked.index[0]:
-        return ranked
-    best, base = ranked.iloc[0], uniform.iloc[0]
-    size = float(base["val_size"])
-    if not (math.isfinite(size) and size > 0):
-        return ranked  # records from before val_size was kept: plain best-first
-    lead, margin = best[metric] - base[metric], noise_margin(best[metric], base[metric], size, z)
-    if lead > margin:
-        return ranked
-    out = pd.concat([uniform.iloc[:1], ranked.drop(index=uniform.index[0])])
-    out.attrs[SELECTION_NOTE] = (
-        f"kept the uniform starting point (trial {base['trial_id']}): the best trial "
-        f"{best['trial_id']} led it by {lead:.4f} in {metric}, within the noise margin {margin:.4f} "
-        f"({z:g} standard errors on {size:.0f} validation images)"
-    )
+def _paired_p(best: pd.Series, row: pd.Series) -> float | None:
+    """McNemar p that ``best`` beats ``row`` (None when either lacks outcomes of the same images)."""
+    a, b = _outcomes(best), _outcomes(row)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return compare(a, b).p
+
+
+def _cheapest_tied(tied: pd.DataFrame, column: str) -> pd.Series:
+    """The cheapest of the tied trials (costs within :data:`COST_TIE` tie; then the uniform
+    starting point, then the better metric, then the earlier trial: ``tied``'s order)."""
+    floor = float(tied[column].min())
+    cheap = tied[tied[column] <= floor * (1 + COST_TIE)]
+    uniform = cheap[has_tag(cheap, UNIFORM_TAG)] if "tags" in cheap else cheap.iloc[0:0]
+    return uniform.iloc[0] if len(uniform) else cheap.iloc[0]
+
+
+def _paired_order(ranked: pd.DataFrame, metric: str, axis: str, alpha: float) -> pd.DataFrame:
+    """``ranked`` (best metric first) reordered by the paired rule, with the rule's note and a
+    ``selection`` summary in ``attrs`` (see :func:`select_at_budget`)."""
+    column, best = axis_column(axis), ranked.iloc[0]
+    if alpha <= 0 or metric != "val_accuracy" or _outcomes(best) is None:
+        why = (
+            "the paired test is off (alpha 0)"
+            if alpha <= 0
+            else f"the paired test needs val_accuracy, not {metric}"
+            if metric != "val_accuracy"
+            else "the records have no per-image validation outcomes (written before they were kept)"
+        )
+        out = ranked.copy()
+        out.attrs[SELECTION] = {"rule": "best", "reason": why, "tied": [str(best["trial_id"])]}
+        out.attrs[SELECTION_NOTE] = f"best {metric} within the budget: {why}"
+        return out
+    p_values = [_paired_p(best, row) for _, row in ranked.iterrows()]
+    beaten = [p is None or p < alpha for p in p_values]
+    beaten[0] = False
+    tied = ranked[[not b for b in beaten]]
+    chosen = _cheapest_tied(tied, column)
+    rest_tied = tied.drop(index=chosen.name).sort_values(column, kind="stable")
+    out = pd.concat([tied.loc[[chosen.name]], rest_tied, ranked[beaten]])
+    p_of = {str(row["trial_id"]): p for (_, row), p in zip(ranked.iterrows(), p_values)}
+    images = int(_outcomes(best).size)  # type: ignore[union-attr]
+    rule = f"McNemar one-sided exact test, alpha {alpha:g}, on {images} validation images"
+    summary: dict[str, Any] = {
+        "rule": "cheapest-tied",
+        "test": rule,
+        "best_trial": str(best["trial_id"]),
+        "tied": [str(t) for t in tied["trial_id"]],
+        "p_values": {t: (None if p is None else round(p, 6)) for t, p in p_of.items()},
+    }
+    if len(tied) == 1:
+        note = f"the best trial {best['trial_id']} beats every other trial within the budget ({rule})"
+    else:
+        chosen_p = p_of[str(chosen["trial_id"])]
+        vs = (
+            ""
+            if chosen_p is None or chosen["trial_id"] == best["trial_id"]
+            else f", p={chosen_p:.3f} against it"
+        )
+        note = (
+            f"{len(tied)} trials within the budget are statistically tied with the best trial "
+            f"{best['trial_id']} ({metric} {best[metric]:.4f}; {rule}); chose the cheapest of them, "
+            f"trial {chosen['trial_id']} ({metric} {chosen[metric]:.4f}{vs}"
+            + (
+                ", the uniform starting point"
+                if has_tag(tied.loc[[chosen.name]], UNIFORM_TAG).iloc[0]
+                else ""
+            )
+            + ")"
+        )
+    summary["chosen"] = str(chosen["trial_id"])
+    out.attrs[SELECTION] = summary
+    out.attrs[SELECTION_NOTE] = note
     return out
 
 
-SELECTION_NOTE = "selection_note"
-
-
 def selection_note(chosen: pd.DataFrame) -> str | None:
-    """Why :func:`select_at_budget` put the uniform starting point first, or None when it did not."""
+    """Which rule :func:`select_at_budget` applied and why (one line), or None."""
     note = chosen.attrs.get(SELECTION_NOTE)
     return str(note) if note else None
+
+
+def selection_summary(chosen: pd.DataFrame) -> dict[str, Any] | None:
+    """:func:`select_at_budget`'s rule, tied trials and p-values as a JSON-ready dict (or None)."""
+    summary = chosen.attrs.get(SELECTION)
+    return dict(summary) if summary else None
+
+
+def tied_count(chosen: pd.DataFrame) -> int:
+    """How many trials the paired test could not tell from the best (1 when it told them apart)."""
+    summary = chosen.attrs.get(SELECTION) or {}
+    return len(summary.get("tied", [])) or 1
 
 
 def select_at_budget(
@@ -186,20 +253,33 @@ def select_at_budget(
     top: int = 1,
     metric: str = "val_accuracy",
     axis: str = "macs",
-    noise_z: float = NOISE_Z,
+    alpha: float = ALPHA,
 ) -> pd.DataFrame:
-    """The ``top`` fully-trained trials with cost ``<= budget``, best ``metric`` first.
+    """The ``top`` fully-trained trials with cost ``<= budget``, the chosen one first.
 
-    The cost is the ``axis`` column, and ``budget`` is in its unit (:data:`AXIS_UNITS`: MACs,
-    or ms for ``axis="latency"``). Ties in
-    ``metric`` go to the cheaper trial, then the earlier one. The one exception: the search's
-    uniform starting point (tag ``uniform``) comes first when the best trial leads it by no more
-    than ``noise_z`` standard errors of the validation accuracies (:func:`noise_margin`; 0 turns
-    this off). Raises :class:`BudgetError` naming the cheapest fully-trained trial when none fits
-    (or when none is fully trained).
+    The cost is the ``axis`` column, and ``budget`` is in its unit (:data:`AXIS_UNITS`: MACs, or
+    ms for ``axis="latency"``). The rule (one place for the search, ``export`` and ``analyze``):
+
+    1. rank the trials within the budget by ``metric`` (ties: cheaper, then earlier);
+    2. the *tied* trials are those the best one does not beat by a paired test: McNemar's
+       one-sided exact test on the per-image validation outcomes (:mod:`rank_search.outcomes`),
+       ``p >= alpha``. All trials of a search see the same validation images, so the test
+       compares configs, not draws of images;
+    3. the cheapest tied trial is chosen (costs within :data:`COST_TIE` tie, then the uniform
+       starting point, then the better metric); the other tied trials follow, cheapest first,
+       then the beaten ones by ``metric``.
+
+    Trials without outcomes (or of other images) count as beaten. Without outcomes for the best
+    trial, with ``alpha=0`` or another ``metric`` the order is plain best-first.
+    :func:`selection_note` says which rule chose and why; :func:`selection_summary` gives the
+    tied trials and p-values (``best.json``'s provenance keeps both). Raises
+    :class:`BudgetError` naming the cheapest fully-trained trial when none fits (or when none is
+    fully trained).
     """
     if top < 1:
         raise RankSearchError(f"--top must be >= 1, got {top}")
+    if not 0 <= alpha < 1:
+        raise RankSearchError(f"alpha must be in [0, 1), got {alpha}")
     column = axis_column(axis)
     pool = _on_axis(trials, axis)
     if pool.empty:
@@ -219,7 +299,7 @@ def select_at_budget(
         )
     ranked = fits.assign(_order=np.arange(len(fits)))
     ranked = ranked.sort_values([metric, column, "_order"], ascending=[False, True, True], kind="stable")
-    ranked = _uniform_unless_beaten(ranked.drop(columns="_order"), metric, noise_z)
+    ranked = _paired_order(ranked.drop(columns="_order"), metric, axis, alpha)
     chosen = ranked.head(top)
     chosen.attrs = dict(ranked.attrs)
     return chosen

@@ -72,6 +72,7 @@ __all__ = [
     "Unit",
     "UnitChoice",
     "load_space",
+    "trials_warning",
     "parse_space",
     "resolve_space",
 ]
@@ -369,6 +370,19 @@ class ResolvedSpace:
     def unit(self, key: str) -> Unit:
         return next(u for u in self.units if u.key == key)
 
+    def dimensions(self, tie: str | None = None) -> int:
+        """Optuna parameters a sample draws; with ``tie`` as if every group used that tie."""
+        units: dict[tuple[str, str], Unit] = {}
+        for unit in self.units:
+            for info in unit.layers:
+                key = unit.key if tie is None else _tie_key(info.name, tie)
+                units.setdefault((unit.group.key, key), unit)
+        count = sum(1 + (len(unit.formats) > 1) for unit in units.values())
+        reg = self.space.regularizer
+        if reg is not None:
+            count += (len(reg.kinds) > 1) + (reg.weight[0] < reg.weight[1])
+        return count + sum(lo < hi for lo, hi in self.space.train.values())
+
     def layer_specs(self, sample: Sample) -> dict[str, LayerSpec]:
         specs: dict[str, LayerSpec] = {}
         for unit in self.units:
@@ -604,3 +618,32 @@ def _allowed_text(group: LayerGroup, full: int) -> str:
         lo = max(1, _round_half_up(group.lo * full))
         return f"{lo}..{max(lo, _round_half_up(group.hi * full))}"
     return f"{min(int(group.lo), full)}..{min(int(group.hi), full)}"
+
+
+TRIALS_PER_DIMENSION = 5
+"""A space with ``d`` sampled parameters wants at least ``5 d`` trials: Optuna's TPE draws its
+first 10 trials at random and models each parameter from the trials so far, so with fewer than a
+handful of trials per parameter it is no better than random sampling (the CPU evidence of issue
+14: 20 trials in a 19-parameter space)."""
+
+
+def trials_warning(space: ResolvedSpace, trials: int) -> str | None:
+    """One line when ``trials`` are too few for the space's dimensions, naming the tie that fits
+    (None when they suffice)."""
+    dims = space.dimensions()
+    need = TRIALS_PER_DIMENSION * dims
+    if trials >= need:
+        return None
+    fits = [t for t in ("block", "stage") if TRIALS_PER_DIMENSION * space.dimensions(t) <= trials]
+    coarser = [t for t in ("block", "stage") if space.dimensions(t) < dims]
+    if fits and fits[0] in coarser:
+        hint = f"tie: {fits[0]} ({space.dimensions(fits[0])} parameters) would fit"
+    elif coarser:
+        tie = coarser[-1]
+        hint = f"even tie: {tie} has {space.dimensions(tie)} parameters; use more trials"
+    else:
+        hint = "use more trials or a smaller space"
+    return (
+        f"{trials} trials are too few for {dims} searched parameters (want >= {TRIALS_PER_DIMENSION} "
+        f"per parameter, {need}): the sampler cannot beat random search; {hint}"
+    )

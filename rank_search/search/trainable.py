@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..outcomes import encode_outcomes
 from .records import TrialRecord, read_record, record_path, write_record
 from .searcher import CONFIG_KEY
 
@@ -153,6 +154,8 @@ class _EpochReporter:
         if stats.ranks_changed or stats.epoch == 1:
             record.rank_config = state.rank_config.to_dict()
         record.wall_time_s = float(state.wall_time_s)
+        if stats.val_correct is not None:
+            record.val_outcomes = encode_outcomes(stats.val_correct)
         record.status = "completed" if stats.epoch >= record.epochs_planned else "running"
         write_record(self.setup.out_dir, record)
         metrics = {

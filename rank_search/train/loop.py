@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import LayerSpec, RankConfig, rank_config_from_dict
 from ..cost import AnalyticCost
@@ -48,7 +49,9 @@ __all__ = [
     "InputSizeWarning",
     "StopTraining",
     "TrainResult",
+    "Evaluation",
     "evaluate",
+    "evaluate_split",
     "fit",
     "match_dataset",
     "round_ranks",
@@ -77,7 +80,8 @@ class EpochStats:
     ``val_accuracy`` (fraction) / ``val_loss`` (plain cross-entropy): ``None`` without a val split;
     ``epoch_time_s``: seconds of the training pass (validation excluded); ``macs`` (per sample) and
     ``params`` of the model after this epoch; ``lr``: learning rate of the epoch's last step;
-    ``ranks_changed``: DPRP shrank ranks after this epoch.
+    ``ranks_changed``: DPRP shrank ranks after this epoch; ``val_correct``: the validation's
+    per-image outcomes (:class:`Evaluation`), kept out of :meth:`to_dict` (the history).
     """
 
     epoch: int
@@ -90,9 +94,12 @@ class EpochStats:
     params: int
     lr: float
     ranks_changed: bool = False
+    val_correct: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data.pop("val_correct")
+        return data
 
 
 @dataclass
@@ -200,8 +207,19 @@ def check_resume(saved: dict[str, Any], config: RankConfig, train: TrainConfig) 
 # --- evaluation --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One pass over a split: ``accuracy`` (fraction), mean cross-entropy ``loss`` and ``correct``,
+    one flag per image in the split's fixed order (what a paired comparison of two models on the
+    same images needs, :mod:`rank_search.outcomes`)."""
+
+    accuracy: float
+    loss: float
+    correct: np.ndarray
+
+
 @torch.no_grad()
-def evaluate(
+def evaluate_split(
     model: nn.Module,
     data: Dataset,
     split: str,
@@ -210,18 +228,17 @@ def evaluate(
     device: torch.device | None = None,
     amp: bool = True,
     channels_last: bool = True,
-) -> tuple[float | None, float | None]:
-    """``(accuracy, mean cross-entropy)`` of ``model`` on ``split``; ``(None, None)`` if it is empty.
-
-    ``amp`` and ``channels_last`` apply on CUDA only. One host sync at the end.
-    """
+) -> Evaluation | None:
+    """Evaluate ``model`` on ``split`` (None if it is empty); ``amp`` and ``channels_last`` apply on
+    CUDA only. One host sync at the end."""
     if data.split_size(split) == 0:
-        return None, None
+        return None
     device = device or next(model.parameters()).device
     cuda = device.type == "cuda"
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    flags: list[Tensor] = []
     dtype = torch.bfloat16 if amp and cuda else torch.float32
     batches = data.batches(
         split,
@@ -235,12 +252,30 @@ def evaluate(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and cuda):
             logits = model(x)
         logits = logits.float()
-        loss = F.cross_entropy(logits, y, reduction="sum")
-        totals += torch.stack((loss.double(), (logits.argmax(1) == y).sum().double()))
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        flags.append(logits.argmax(1) == y)
     model.train(was_training)
-    loss_sum, correct = totals.tolist()
+    correct = torch.cat(flags).cpu().numpy() if flags else np.zeros(0, dtype=bool)
     count = data.split_size(split)
-    return correct / count, loss_sum / count
+    return Evaluation(float(correct.sum()) / count, float(loss_sum.item()) / count, correct)
+
+
+def evaluate(
+    model: nn.Module,
+    data: Dataset,
+    split: str,
+    *,
+    batch_size: int = 512,
+    device: torch.device | None = None,
+    amp: bool = True,
+    channels_last: bool = True,
+) -> tuple[float | None, float | None]:
+    """``(accuracy, mean cross-entropy)`` of ``model`` on ``split``; ``(None, None)`` if it is empty
+    (:func:`evaluate_split` without the per-image outcomes)."""
+    result = evaluate_split(
+        model, data, split, batch_size=batch_size, device=device, amp=amp, channels_last=channels_last
+    )
+    return (None, None) if result is None else (result.accuracy, result.loss)
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -407,16 +442,20 @@ class _Trainer:
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         changed = self.prune(epoch)
-        val_acc, val_loss = self.evaluate("val")
-        if val_loss is not None and not math.isfinite(val_loss):
+        val = self.evaluate("val")
+        if val is not None and not math.isfinite(val.loss):
             raise _Divergence(f"validation after epoch {epoch}")
+        val_acc, val_loss = (None, None) if val is None else (val.accuracy, val.loss)
         cost = self.state.rank_config.cost
         assert cost is not None
         lr = _last_lr(self.state.scheduler)
-        return EpochStats(epoch, task, reg, val_acc, val_loss, seconds, cost.macs, cost.params, lr, changed)
+        correct = None if val is None else val.correct
+        return EpochStats(
+            epoch, task, reg, val_acc, val_loss, seconds, cost.macs, cost.params, lr, changed, correct
+        )
 
-    def evaluate(self, split: str) -> tuple[float | None, float | None]:
-        return evaluate(
+    def evaluate(self, split: str) -> Evaluation | None:
+        return evaluate_split(
             self.state.model,
             self.data,
             split,
@@ -501,7 +540,8 @@ def _result(
     state = trainer.state
     test_accuracy = None
     if status != "diverged" and trainer.train.eval_test:
-        test_accuracy, _ = trainer.evaluate("test")
+        test = trainer.evaluate("test")
+        test_accuracy = None if test is None else test.accuracy
     val_accuracy = history[-1].val_accuracy if history and status != "diverged" else None
     cost = state.rank_config.cost
     assert cost is not None

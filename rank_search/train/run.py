@@ -20,7 +20,7 @@ same settings (model, ranks, data, training config except speed-only fields).
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -207,7 +207,7 @@ def metrics_dict(job: TrainJob, result: TrainResult, meta: dict[str, Any], data:
         **meta,
         "init": result.init,
         "ranks": {name: spec.to_dict() for name, spec in result.rank_config.layers.items()},
-        "history": [asdict(stats) for stats in result.history],
+        "history": [stats.to_dict() for stats in result.history],
     }
 
 
