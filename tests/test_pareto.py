@@ -99,16 +99,18 @@ FRONT = (("a", 100, 0.60), ("b", 200, 0.70), ("c", 400, 0.72), ("d", 800, 0.80),
          ("y", 700, 0.71), ("s", 150, 0.95, "stopped", 1))  # fmt: skip
 
 
-def test_fit_is_monotone_and_passes_through_the_front() -> None:
+def test_fit_is_isotonic_over_every_fully_trained_trial() -> None:
+    """Pool-adjacent-violators by hand: sorted by MACs the accuracies are .60 .70 .65 .72 .71 .80;
+    the two violating pairs pool to their means (.675, .715). Early-stopped trials are left out."""
     fit = fit_front(trials(*FRONT), n_boot=100)
-    assert fit.ok and fit.knots_macs.tolist() == [100, 200, 400, 800]
-    assert np.allclose(fit.curve(fit.knots_macs), [0.60, 0.70, 0.72, 0.80])
+    assert fit.ok and fit.knots_macs.tolist() == [100, 200, 300, 400, 700, 800]
+    assert np.allclose(fit.knots_accuracy, [0.60, 0.675, 0.675, 0.715, 0.715, 0.80])
     grid = np.geomspace(100, 2000, 300)
     values = fit.curve(grid)
     assert np.all(np.diff(values) >= -1e-12)
     assert np.all(values >= 0.60 - 1e-12) and np.all(values <= 0.80 + 1e-12)
-    # piecewise linear in log(MACs): halfway in log between 200 and 400 is the mean
-    assert fit.curve([math.sqrt(200 * 400)])[0] == pytest.approx(0.71)
+    # piecewise linear in log(MACs): halfway in log between 300 and 400 is the mean
+    assert fit.curve([math.sqrt(300 * 400)])[0] == pytest.approx(0.695)
     assert math.isnan(fit.curve([50])[0])  # nothing that cheap was trained
 
 
@@ -126,12 +128,22 @@ def test_fit_prediction_band_and_extrapolation() -> None:
     assert (again.low, again.high) == (inside.low, inside.high)  # seeded bootstrap
 
 
-def test_fit_needs_three_front_points() -> None:
+def test_fit_needs_three_fully_trained_trials_and_always_fits_with_them() -> None:
+    """Three trials of which only two are non-dominated (the old envelope fit refused them), or
+    three at the same cost: a front. Two fully-trained trials: none, and it says why."""
     fit = fit_front(trials(("a", 100, 0.6), ("b", 200, 0.7), ("c", 300, 0.65), ("s", 50, 0.9, "stopped", 1)))
-    assert not fit.ok and "need >= 3" in fit.message and "have 2" in fit.message
-    prediction = fit.predict(150)
+    assert fit.ok and np.allclose(fit.knots_accuracy, [0.6, 0.675, 0.675])
+    same = fit_front(trials(("a", 500, 0.6), ("b", 500, 0.7), ("c", 500, 0.65)))
+    assert (
+        same.ok
+        and same.curve([500])[0] == pytest.approx(0.65)
+        and same.curve([900])[0] == pytest.approx(0.65)
+    )
+    two = fit_front(trials(("a", 100, 0.6), ("b", 200, 0.7), ("s", 50, 0.9, "stopped", 1)))
+    assert not two.ok and "need >= 3 fully-trained trials, have 2" in two.message
+    prediction = two.predict(150)
     assert not prediction.ok and math.isnan(prediction.accuracy) and "need >= 3" in prediction.message
-    assert np.isnan(fit.curve([150])).all() and np.isnan(fit.band([150])[0]).all()
+    assert np.isnan(two.curve([150])).all() and np.isnan(two.band([150])[0]).all()
     assert not fit_front(trials(("s", 50, 0.9, "stopped", 1))).ok
 
 

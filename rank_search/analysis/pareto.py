@@ -52,26 +52,27 @@ class FrontPrediction:
 
 @dataclass(frozen=True)
 class FrontFit:
-    """Monotone piecewise-linear front in log(MACs), with a bootstrap band.
+    """Monotone accuracy-vs-cost front in log(MACs), with a bootstrap band.
 
     On ``axis="latency"`` read "latency" for "MACs" throughout (``knots_macs`` hold ms).
 
-    How: the non-dominated fully-trained trials, sorted by MACs, have strictly increasing
-    accuracy, so linear interpolation between them in log(MACs) is already a monotone
-    non-decreasing curve that passes exactly through every front point; no smoothing is
-    needed or wanted. Below the cheapest front point the curve is undefined (NaN: nothing that
-    cheap was trained); above the most expensive it is held flat (a lower bound, ``extrapolated``).
+    How: isotonic regression (scikit-learn's pool-adjacent-violators) of accuracy on log(MACs)
+    over *every* fully-trained trial: the non-decreasing step function closest to them in least
+    squares. The knots are its values at the distinct trial costs; between knots the curve is
+    linear in log(MACs). Below the cheapest trial it is undefined (NaN: nothing that cheap was
+    trained); above the most expensive it is held flat (``extrapolated``).
 
-    Why: a budget decision needs the *best* accuracy reachable at a cost, i.e. the upper
-    envelope, not the typical trial (isotonic regression of all trials would estimate that).
-    log(MACs) because accuracy varies roughly linearly in log-compute and budgets span orders
-    of magnitude, so the interpolation does not depend on the MACs unit.
+    Why: a trial's accuracy is a noisy draw (validation images, training noise), so the upper
+    envelope of the trials (the non-dominated points, still drawn as markers) is biased up by
+    the luckiest trial, and needs 3 non-dominated points to exist at all. The isotonic fit
+    averages neighbouring trials instead, exists for any 3 or more fully-trained trials, and is
+    monotone by construction (more MACs never predicts less accuracy). log(MACs) because
+    accuracy varies roughly linearly in log-compute and budgets span orders of magnitude; the fit
+    does not depend on the MACs unit.
 
-    Band: the front is re-fitted on ``n_boot`` bootstrap resamples of the fully-trained trials
-    and the band is their ``(1-level)/2 .. (1+level)/2`` percentile range at each MACs value.
-    Resampling can only drop trials, so the band mostly reaches below the curve: it shows how
-    much the front rests on single (possibly lucky) trials, not seed-to-seed noise, which the
-    search does not measure.
+    Band: the fit is repeated on ``n_boot`` bootstrap resamples of the trials (drawn with
+    replacement) and the band is their ``(1-level)/2 .. (1+level)/2`` percentile range at each
+    cost: how much the front rests on individual trials.
     """
 
     knots_macs: np.ndarray
@@ -129,9 +130,13 @@ def _interp_front(x: np.ndarray, knots_x: np.ndarray, knots_y: np.ndarray) -> np
 
 
 def _front_knots(macs: np.ndarray, accuracy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    index = non_dominated(np.column_stack([macs, accuracy]), ["min", "max"])
-    order = index[np.argsort(macs[index], kind="stable")]
-    return macs[order], accuracy[order]
+    """The isotonic fit's value at each distinct cost (ascending)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    log_cost = np.log(macs)
+    fitted = IsotonicRegression(increasing=True).fit(log_cost, accuracy)
+    knots = np.unique(macs)
+    return knots, np.asarray(fitted.predict(np.log(knots)), dtype=float)
 
 
 def fit_front(
@@ -145,27 +150,24 @@ def fit_front(
 ) -> FrontFit:
     """Fit the monotone front of the fully-trained trials on ``axis`` (see :class:`FrontFit`).
 
-    Needs at least 3 non-dominated points; otherwise the result has ``ok=False`` and says so.
+    Needs at least 3 fully-trained trials with a cost; otherwise the result has ``ok=False`` and
+    says so.
     """
     pool, column = _on_axis(trials, axis), axis_column(axis)
-    pool = pool[pool[column] > 0]
+    pool = pool[(pool[column] > 0) & pool[metric].notna()]
     macs, accuracy = pool[column].to_numpy(float), pool[metric].to_numpy(float)
-    if len(pool) == 0:
-        kx, ky = np.array([]), np.array([])
-    else:
-        kx, ky = _front_knots(macs, accuracy)
-    if len(kx) < MIN_FIT_POINTS:
-        message = (
-            f"not enough points to fit a front (need >= {MIN_FIT_POINTS} non-dominated fully-trained "
-            f"trials, have {len(kx)} from {len(pool)} fully-trained)"
-        )
-        return FrontFit(kx, ky, False, message, len(pool), level, axis=axis)
+    if len(pool) < MIN_FIT_POINTS:
+        need = f"need >= {MIN_FIT_POINTS} fully-trained trials, have {len(pool)}"
+        message = f"not enough trials to fit a front ({need})"
+        return FrontFit(np.array([]), np.array([]), False, message, len(pool), level, axis=axis)
+    kx, ky = _front_knots(macs, accuracy)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
-        pick = np.unique(rng.integers(0, len(pool), len(pool)))
+        pick = rng.integers(0, len(pool), len(pool))
         boots.append(_front_knots(macs[pick], accuracy[pick]))
-    message = f"{len(kx)} front points from {len(pool)} fully-trained trials; band: {n_boot} bootstraps"
+    message = f"isotonic fit of {len(pool)} fully-trained trials ({len(kx)} distinct costs)"
+    message += f"; band: {n_boot} bootstraps"
     return FrontFit(kx, ky, True, message, len(pool), level, tuple(boots), axis)
 
 
