@@ -236,19 +236,27 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
         "Command: `PYTHONPATH=$PWD .venv/bin/python benchmarks/proxy_fidelity.py "
         + ("--smoke" if args.smoke else f"--data {args.data}")
         + f" --out {args.out}`"
-        f" (budget {args.budget}, {args.configs} configs, min ratio {args.min_ratio}, seed {args.seed}, image size {args.image_size}).",
+        f" (budget {args.budget}, {args.configs} configs, min ratio {args.min_ratio}, seed {args.seed},"
+        f" image size {args.image_size}).",
         "",
-        f"Trial: {TRIAL.epochs} epochs on {TRIAL.max_train_samples} images (val fraction {TRIAL.val_fraction}); "
-        f"full: {FULL.epochs} epochs on {FULL.max_train_samples} images (val fraction {FULL.val_fraction}), test split.",
+        f"Trial: {TRIAL.epochs} epochs on {TRIAL.max_train_samples} images"
+        f" (val fraction {TRIAL.val_fraction}); full: {FULL.epochs} epochs on"
+        f" {FULL.max_train_samples} images (val fraction {FULL.val_fraction}), test split.",
         "",
         "| config | MACs | min ratio | trial val acc | trial val loss | trial paired z | full test acc |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(summary["rows"], key=lambda r: -r["full_test_accuracy"]):
-        lines.append(
-            f"| {r['config']} | {r['macs'] / 1e6:.2f}M | {r['min_ratio']:.3f} | {100 * r['trial_val_accuracy']:.2f} | "
-            f"{r['trial_val_loss']:.4f} | {r['trial_paired_z']:+.2f} | {100 * r['full_test_accuracy']:.2f} |"
-        )
+        cells = [
+            r["config"],
+            f"{r['macs'] / 1e6:.2f}M",
+            f"{r['min_ratio']:.3f}",
+            f"{100 * r['trial_val_accuracy']:.2f}",
+            f"{r['trial_val_loss']:.4f}",
+            f"{r['trial_paired_z']:+.2f}",
+            f"{100 * r['full_test_accuracy']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     taus = summary["kendall_tau"]
     if taus:
         lines += [
