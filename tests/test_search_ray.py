@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from rank_search.config import load_rank_config
+from rank_search.outcomes import decode_outcomes
 from rank_search.search.records import FINAL_STATUSES, TrialRecord, read_records
 from rank_search.search.runner import open_storage, run_search
 from rank_search.search.searcher import FAULT_ENV
@@ -131,6 +132,9 @@ def check_output(out: Path, trials: int) -> tuple[dict[str, Any], list[TrialReco
         if record.status == "completed":
             assert record.epochs == record.epochs_planned and record.val_accuracy is not None
             assert record.val_size is not None and record.val_size > 0
+            outcomes = decode_outcomes(record.val_outcomes)  # paired selection needs them
+            assert outcomes is not None and outcomes.size == record.val_size
+            assert outcomes.mean() == pytest.approx(record.val_accuracy)
     numbers = [r.optuna_trial_number for r in records]
     assert len(set(numbers)) == trials
     return manifest, records

@@ -53,7 +53,7 @@ def tucker(ratio: float = 0.5, size: tuple[int, int, int] = (3, 16, 16)) -> Rank
 
 
 def _plain(history: list[EpochStats]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in dataclasses.asdict(s).items() if k != "epoch_time_s"} for s in history]
+    return [{k: v for k, v in s.to_dict().items() if k != "epoch_time_s"} for s in history]
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -190,6 +190,38 @@ def test_reproducible_and_resume_is_bitwise(tiny: Dataset, tmp_path: Path) -> No
     assert _same_weights(resumed.model, straight.model)
     other_seed = fit(tucker(), tiny, train.replace(epochs=1, seed=1))
     assert other_seed.history[0].train_loss != straight.history[0].train_loss
+
+
+def test_validation_outcomes_are_per_image_in_one_fixed_order(tiny: Dataset) -> None:
+    """What pairing needs: the last epoch's outcomes are one flag per validation image, equal to
+    argmax == label in the split's fixed order, for any config; two configs trained with the same
+    seed see the same images in the same order, so their outcome vectors can be compared."""
+    from rank_search.train import evaluate_split
+
+    a = fit(tucker(), tiny, FAST.replace(epochs=1))
+    b = fit(
+        uniform_config("resnet20", 10, (3, 16, 16), 0.3, ["layer2.0.conv1"]), tiny, FAST.replace(epochs=1)
+    )
+    size = tiny.split_size("val")
+    for result in (a, b):
+        correct = result.history[-1].val_correct
+        assert correct is not None and correct.shape == (size,) and correct.dtype == bool
+        assert correct.mean() == pytest.approx(result.val_accuracy)
+        again = evaluate_split(result.model, tiny, "val", batch_size=7)  # other batching, same order
+        assert again is not None and (again.correct == correct).all()
+    labels = torch.cat(
+        [y for _, y in tiny.batches("val", batch_size=64, device=torch.device("cpu"), train=False)]
+    )
+    with torch.no_grad():
+        a.model.eval()
+        logits = torch.cat(
+            [
+                a.model(x)
+                for x, _ in tiny.batches("val", batch_size=64, device=torch.device("cpu"), train=False)
+            ]
+        )
+    assert ((logits.argmax(1) == labels).numpy() == a.history[-1].val_correct).all()
+    assert "val_correct" not in a.history[-1].to_dict()
 
 
 def test_resume_with_other_settings_is_refused(tiny: Dataset, tmp_path: Path) -> None:

@@ -15,9 +15,11 @@ from .device import apply_gpu_share, training_device
 from .dprp import export_ranks, svd_everywhere
 from .loop import (
     EpochStats,
+    Evaluation,
     StopTraining,
     TrainResult,
     evaluate,
+    evaluate_split,
     fit,
     match_dataset,
     round_ranks,
@@ -26,12 +28,14 @@ from .loop import (
 __all__ = [
     "DPRPConfig",
     "EpochStats",
+    "Evaluation",
     "StopTraining",
     "TrainConfig",
     "TrainResult",
     "TrainState",
     "apply_gpu_share",
     "evaluate",
+    "evaluate_split",
     "export_ranks",
     "fit",
     "match_dataset",
