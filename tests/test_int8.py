@@ -295,3 +295,29 @@ def test_bench_int8_times_four_models_side_by_side(
     argv = ["bench", str(path), "--runtime", "onnxruntime", "--int8", "--threads", "1", "--batch-size", "1"]
     assert main([*argv, "--repeats", "1", "--warmup", "0", "--min-sample-ms", "0.1"]) == 0
     assert "int8 low-rank ms" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- budgets and tables
+
+
+def test_int8_latency_budget_parses_and_keys_its_own_table(tmp_path: Path) -> None:
+    from rank_search.errors import ConfigError
+    from rank_search.latency import LatencyTable, parse_latency_budget
+
+    budget = parse_latency_budget(
+        {"latency_ms": 0.4, "runtime": "onnxruntime", "precision": "int8", "threads": 1}
+    )
+    assert budget is not None and budget.precision == "int8"
+    assert budget.to_dict()["precision"] == "int8"
+    table = budget.table(tmp_path)
+    fp32 = LatencyTable.load_or_create("cpu", threads=1, runtime="onnxruntime", cache_dir=tmp_path)
+    assert table.precision == "int8" and table.key == fp32.key + "-int8"
+    for data, match in (
+        ({"latency_ms": 1, "precision": "int8"}, "needs runtime onnxruntime"),
+        ({"latency_ms": 1, "runtime": "onnxruntime", "precision": "int4"}, "expected one of"),
+    ):
+        with pytest.raises(ConfigError, match=match) as info:
+            parse_latency_budget(data)
+        assert "budget.precision" in str(info.value)
+    with pytest.raises(RankSearchError, match="needs runtime onnxruntime"):
+        LatencyTable("cpu", threads=1, precision="int8", cache_dir=tmp_path)

@@ -45,6 +45,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--verify", action="store_true", help="also run the config and report the prediction error"
     )
+    p.add_argument(
+        "--int8", action="store_true", help="with --runtime onnxruntime: time everything statically quantized"
+    )
     p.add_argument("--cache-dir", help="table folder (default $RANK_SEARCH_CACHE/latency)")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per entry (median)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per entry first")
@@ -229,6 +232,7 @@ def run_latency_table(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         settings=TimingSettings(args.repeats, args.warmup, args.min_sample_ms),
         runtime=args.runtime,
+        precision="int8" if args.int8 else "fp32",
     )
     sizes = _batch_sizes(args)
     if args.target.endswith(".json") or Path(args.target).is_file():
