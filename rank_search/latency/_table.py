@@ -417,6 +417,13 @@ class LatencyTable:
             references.append({"layers_ms": layers, "model_ms": model_ms})
             record[f"reference_{ratio}_layers_ms"], record[f"reference_{ratio}_model_ms"] = layers, model_ms
         record["scale"] = fit_scale(dense_layers, dense_ms, references)
+        if references and not record["scale"] > 0:
+            warnings.warn(
+                f"{model_name} b{batch_size}: smaller layers made the whole model slower "
+                f"(fitted scale {record['scale']:.2f}): the timings disagree, the machine was probably "
+                f"busy; delete {self.path} and measure again on a quiet machine",
+                stacklevel=4,
+            )
         return record
 
     def _reference_configs(self, dense: RankConfig) -> list[tuple[float, RankConfig]]:
