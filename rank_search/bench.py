@@ -13,6 +13,12 @@ converted to ONNX and run in ONNX Runtime (``ORT_ENABLE_ALL``, ``threads`` intra
 low-rank model ships as ``rank-search export-model`` writes it, each low-rank layer in its fastest
 equivalent form, chosen by timing at each batch size (:func:`rank_search.onnx_export.fastest_form`).
 
+``int8`` (onnxruntime only): the low-rank and the dense model are also statically quantized
+(:mod:`rank_search.latency._quant`, calibrated on the timing input: ranges do not change the
+kernels), the low-rank one with its forms chosen by INT8 timings, and all four (dense and
+low-rank, float32 and INT8) are timed interleaved; each row then also has ``dense_int8_ms``,
+``low_rank_int8_ms`` and the INT8 low-rank model's speedup over INT8 dense and over float32 dense.
+
 The JSON has the first batch size's figures at the top level (``batch_size``, ``dense_ms``,
 ``lowrank_ms``, ``speedup``, with ``mac_ratio``, ``runtime`` and ``threads``) and every batch
 size under ``results``.
@@ -76,6 +82,7 @@ class BenchOptions:
     cuda_graph: bool = False
     min_sample_ms: float = 20.0
     runtime: str = "torch"
+    int8: bool = False
 
     def check(self) -> None:
         """Raise :class:`RankSearchError` for values that cannot be benched."""
@@ -93,6 +100,8 @@ class BenchOptions:
         if self.compile and self.cuda_graph:
             raise RankSearchError("use either compile (mode reduce-overhead uses CUDA graphs) or cuda_graph")
         resolve_dtype(self.dtype)
+        if self.int8 and self.runtime != "onnxruntime":
+            raise RankSearchError("int8 needs runtime onnxruntime")
         if self.runtime != "torch":
             check_runtime(self.runtime, self.device.split(":")[0])
             if self.dtype != "float32" or self.compile or self.cuda_graph:
@@ -108,10 +117,27 @@ class BenchRow:
     low_rank: Spread
     mac_ratio: float
     forms: dict[str, Any] | None = None  # onnxruntime: how the low-rank layers' forms were chosen
+    dense_int8: Spread | None = None
+    low_rank_int8: Spread | None = None
+    int8_forms: dict[str, Any] | None = None  # how the INT8 low-rank forms were chosen
 
     @property
     def speedup(self) -> float:
         return self.dense.median / self.low_rank.median
+
+    def _int8_dict(self) -> dict[str, Any]:
+        if self.dense_int8 is None or self.low_rank_int8 is None:
+            return {}
+        low = self.low_rank_int8.median
+        return {
+            "dense_int8_ms": self.dense_int8.median,
+            "low_rank_int8_ms": low,
+            "dense_int8_spread": self.dense_int8.to_dict(),
+            "low_rank_int8_spread": self.low_rank_int8.to_dict(),
+            "speedup_int8_vs_dense_int8": self.dense_int8.median / low,
+            "speedup_int8_vs_dense_fp32": self.dense.median / low,
+            **({"int8_forms": self.int8_forms} if self.int8_forms is not None else {}),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         ms_to_s = 1e-3
@@ -127,6 +153,7 @@ class BenchRow:
             "dense_images_per_s": self.batch_size / (self.dense.median * ms_to_s),
             "low_rank_images_per_s": self.batch_size / (self.low_rank.median * ms_to_s),
             **({"forms": self.forms} if self.forms is not None else {}),
+            **self._int8_dict(),
         }
 
 
@@ -172,6 +199,7 @@ class BenchResult:
                 "compile": o.compile,
                 "cuda_graph": o.cuda_graph,
                 "interleaved": True,
+                "int8": o.int8,
                 "unit": "ms per batch",
             },
             "macs": dict(self.macs),
@@ -209,25 +237,66 @@ def _input(batch_size: int, config: RankConfig, options: BenchOptions, device: t
     return x.contiguous(memory_format=torch.channels_last) if options.channels_last and not ort else x
 
 
-def _time_pair(
-    dense: nn.Module,
-    low: nn.Module,
+def _time_all(
+    models: list[tuple[nn.Module, str]],
     x: torch.Tensor,
     options: BenchOptions,
     device: torch.device,
     threads: int,
-) -> tuple[list[float], list[float]]:
-    """Interleaved per-batch milliseconds of ``dense(x)`` and ``low(x)`` in the options' runtime."""
-    calls = [runner(dense, x, options.runtime, threads), runner(low, x, options.runtime, threads)]
+) -> list[Spread]:
+    """Interleaved per-batch milliseconds of each ``(model, precision)`` on ``x`` in the options'
+    runtime."""
+    calls = [runner(model, x, options.runtime, threads, precision) for model, precision in models]
     with torch.inference_mode():
-        d, lr = time_interleaved(
+        samples = time_interleaved(
             calls,
             device,
             repeats=options.repeats,
             warmup=options.warmup,
             min_sample_ms=options.min_sample_ms,
         )
-    return d, lr
+    return [summarize(s) for s in samples]
+
+
+def _ort_forms(
+    low: nn.Module, x: torch.Tensor, options: BenchOptions, threads: int, precision: str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``low`` with each low-rank layer in its fastest ONNX Runtime form in ``precision``."""
+    from .onnx_export import fastest_form
+
+    model, report = fastest_form(
+        low,
+        x,
+        threads=threads,
+        precision=precision,
+        repeats=options.repeats,
+        warmup=options.warmup,
+        min_sample_ms=min(options.min_sample_ms, 2.0),
+    )
+    return model, asdict(report)
+
+
+def _bench_row(
+    dense: nn.Module,
+    low: nn.Module,
+    x: torch.Tensor,
+    options: BenchOptions,
+    device: torch.device,
+    threads: int,
+    mac_ratio: float,
+) -> BenchRow:
+    """One batch size: dense and low-rank (and with ``int8`` both quantized), interleaved."""
+    if options.runtime != "onnxruntime":
+        d, lr = _time_all([(dense, "fp32"), (low, "fp32")], x, options, device, threads)
+        return BenchRow(int(x.shape[0]), d, lr, mac_ratio)
+    low_fp32, forms = _ort_forms(low, x, options, threads, "fp32")
+    if not options.int8:
+        d, lr = _time_all([(dense, "fp32"), (low_fp32, "fp32")], x, options, device, threads)
+        return BenchRow(int(x.shape[0]), d, lr, mac_ratio, forms)
+    low_int8, int8_forms = _ort_forms(low, x, options, threads, "int8")
+    models = [(dense, "fp32"), (low_fp32, "fp32"), (dense, "int8"), (low_int8, "int8")]
+    d, lr, d8, lr8 = _time_all(models, x, options, device, threads)
+    return BenchRow(int(x.shape[0]), d, lr, mac_ratio, forms, d8, lr8, int8_forms)
 
 
 def bench_config(
@@ -256,24 +325,12 @@ def bench_config(
         if options.runtime == "onnxruntime":
             options = replace(options, channels_last=False)
         dense_x, low_x = _export(dense, config, options, device), _export(low, config, options, device)
-        rows = []
-        for batch_size in sizes:
-            x = _input(batch_size, config, options, device)
-            low_form, forms = low_x, None
-            if options.runtime == "onnxruntime":
-                from .onnx_export import fastest_form
-
-                low_form, report = fastest_form(
-                    low_x,
-                    x,
-                    threads=used_threads,
-                    repeats=options.repeats,
-                    warmup=options.warmup,
-                    min_sample_ms=min(options.min_sample_ms, 2.0),
-                )
-                forms = asdict(report)
-            d, lr = _time_pair(dense_x, low_form, x, options, device, used_threads)
-            rows.append(BenchRow(batch_size, summarize(d), summarize(lr), mac_ratio, forms))
+        rows = [
+            _bench_row(
+                dense_x, low_x, _input(b, config, options, device), options, device, used_threads, mac_ratio
+            )
+            for b in sizes
+        ]
     info = {
         "type": device.type,
         "name": device_name(device),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ from ._version import __version__
 from .errors import RankSearchError
 
 if TYPE_CHECKING:
+    from .int8 import Int8Options
     from .latency._timing import Spread
 
 __all__ = [
@@ -74,9 +75,20 @@ class ExportResult:
     max_abs_output: float = float("nan")
     check_ok: bool = False
     written: bool = False  # False when the check failed: ``path`` was left as it was
+    precision: str = "fp32"
+    normalization: dict[str, list[float]] | None = None  # the input normalization, when known
+    quantization: dict[str, Any] | None = None  # int8: settings, calibration, per-layer errors
+    agreement: float = float("nan")  # int8: top-1 agreement with the fp32 model (calibration batch)
+    check_images: int = 0
 
     def metadata(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"precision": self.precision}
+        if self.normalization is not None:
+            extra["input_normalization"] = self.normalization
+        if self.quantization is not None:
+            extra["quantization"] = {**self.quantization, "top1_agreement": self.agreement}
         return {
+            **extra,
             "rank_search_version": __version__,
             "source": self.source,
             "kind": self.kind,
@@ -120,7 +132,7 @@ class FormReport:
 
 
 def fastest_form(
-    exported: nn.Module, example: torch.Tensor, *, threads: int = 1, **timing: Any
+    exported: nn.Module, example: torch.Tensor, *, threads: int = 1, precision: str = "fp32", **timing: Any
 ) -> tuple[nn.Module, FormReport]:
     """``exported`` (an inference export, see :func:`~rank_search.inference.export_for_inference`)
     with each low-rank layer in its fastest form in ONNX Runtime on ``example``'s shape.
@@ -128,11 +140,15 @@ def fastest_form(
     Per-layer fastest forms are chosen (:func:`~rank_search.latency._forms.choose_forms`), then
     that model, all layers merged to dense and all factorized are timed whole, interleaved, and
     the fastest is returned (ties go to the per-layer choice). ``exported`` is not modified.
+    ``precision="int8"``: every timing runs the statically quantized model (the choice is redone
+    for INT8).
     """
     from .inference import apply_forms
     from .latency._forms import choose_forms
 
-    choices = choose_forms(exported, example, runtime="onnxruntime", threads=threads, **timing)
+    choices = choose_forms(
+        exported, example, runtime="onnxruntime", threads=threads, precision=precision, **timing
+    )
     forms = {name: c.to_dict() for name, c in choices.items()}
     if not choices:
         return exported, FormReport("per-layer", forms, {})
@@ -141,7 +157,7 @@ def fastest_form(
         "all dense": _uniform(exported, "dense"),
         "all factorized": exported,
     }
-    spreads = _time_models(candidates, example, threads, timing)
+    spreads = _time_models(candidates, example, threads, timing, precision)
     model_ms = {name: spread.median for name, spread in spreads.items()}
     chosen = choose_model(spreads)
     if chosen != "per-layer":
@@ -164,13 +180,17 @@ def choose_model(spreads: Mapping[str, Spread]) -> str:
 
 
 def _time_models(
-    models: dict[str, nn.Module], example: torch.Tensor, threads: int, timing: dict[str, Any]
+    models: dict[str, nn.Module],
+    example: torch.Tensor,
+    threads: int,
+    timing: Mapping[str, Any],
+    precision: str = "fp32",
 ) -> dict[str, Spread]:
-    """Per-call ms (median and spread) of each model in ONNX Runtime, interleaved."""
+    """Per-call ms (median and spread) of each model in ONNX Runtime in ``precision``, interleaved."""
     from .latency._runtime import runner
     from .latency._timing import summarize, time_interleaved
 
-    calls = [runner(m, example, "onnxruntime", threads) for m in models.values()]
+    calls = [runner(m, example, "onnxruntime", threads, precision) for m in models.values()]
     with torch.inference_mode():
         samples = time_interleaved(
             calls,
@@ -202,6 +222,8 @@ def export_model(
     threads: int = 1,
     check_batch: int = 2,
     seed: int = 0,
+    int8: Int8Options | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     **timing: Any,
 ) -> ExportResult:
     """Export ``source`` (run folder or rank-config JSON) to the ONNX file ``output``.
@@ -211,10 +233,17 @@ def export_model(
     ``batch_size``). ``forms``: ``auto`` (timed, see the module docstring), ``factorized`` or
     ``dense``. ``threads``: ONNX Runtime intra-op threads for timing. ``timing`` goes to
     :func:`rank_search.latency._forms.time_forms`.
+
+    ``int8``: statically quantize (:mod:`rank_search.int8`): forms are chosen by INT8 timings,
+    layers that quantize badly stay float32, and the check is the top-1 agreement with the
+    float32 model on the calibration images instead of an elementwise tolerance.
+    ``normalization``: the input ``(mean, std)``; default: a run folder's ``metrics.json`` record.
+    Both are stored in the metadata.
     """
     from .inference import export_for_inference
+    from .int8 import run_normalization
     from .latency._device import num_threads
-    from .latency._runtime import check_runtime, onnx_bytes, ort_session, require, run_session
+    from .latency._runtime import check_runtime, onnx_bytes, require
 
     if forms not in FORM_POLICIES:
         raise RankSearchError(f"unknown forms {forms!r}; expected one of {list(FORM_POLICIES)}")
@@ -222,36 +251,91 @@ def export_model(
         raise RankSearchError(f"batch size and threads must be positive, got {batch_size} and {threads}")
     check_runtime("onnxruntime")
     require("onnxscript")
+    if int8 is not None:
+        int8.check()
     model, config, kind = load_source(source)
     model = model.cpu().float().eval()
     size = tuple(config.input_size)
     result = ExportResult(
         Path(output), config.model.name, str(source), kind, size, None if dynamic_batch else batch_size
     )
+    norm = (
+        normalization if normalization is not None else run_normalization(source) if kind == "run" else None
+    )
+    if norm is not None:
+        result.normalization = {"mean": list(map(float, norm[0])), "std": list(map(float, norm[1]))}
+    result.precision = "int8" if int8 is not None else "fp32"
     with num_threads(threads):
         exported = export_for_inference(model, channels_last=False, input_size=size)
         example = torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed))
         if forms == "auto":
-            final, report = fastest_form(exported, example, threads=threads, **timing)
+            final, report = fastest_form(
+                exported, example, threads=threads, precision=result.precision, **timing
+            )
             result.chosen, result.forms, result.model_ms = report.chosen, report.forms, report.model_ms
         else:
             final = _uniform(exported, forms)
             result.chosen = f"all {forms}"
         data = onnx_bytes(final, example, dynamic_batch=dynamic_batch, dynamo=True)
-    data = _with_metadata(data, result.metadata())
-    check_n = check_batch if dynamic_batch else batch_size
-    x = torch.randn(check_n, *size, generator=torch.Generator().manual_seed(seed + 1))
+        if int8 is None:
+            data = _fp32_check(result, data, model, check_batch if dynamic_batch else batch_size, seed)
+        else:
+            data = _int8_check(result, data, model, final, config.layers, int8, norm)
+    if result.check_ok:  # a model that disagrees with PyTorch never replaces the output file
+        data = _with_metadata(data, result.metadata())
+        atomic_write(output, lambda handle: handle.write(data))
+        result.written = True
+    return result
+
+
+def _fp32_check(result: ExportResult, data: bytes, model: nn.Module, count: int, seed: int) -> bytes:
+    """ONNX Runtime against PyTorch on ``count`` random inputs, elementwise (fills ``result``)."""
+    from .latency._runtime import ort_session, run_session
+
+    x = torch.randn(count, *result.input_size, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
         reference = model(x).float()
-    got = run_session(ort_session(data, threads), x)
+    got = run_session(ort_session(data, 1), x)
     diff = (got - reference).abs()
     result.max_abs_diff = float(diff.max())
     result.max_abs_output = float(reference.abs().max())
     result.check_ok = bool((diff <= CHECK_ATOL + CHECK_RTOL * reference.abs()).all())
-    if result.check_ok:  # a model that disagrees with PyTorch never replaces the output file
-        atomic_write(output, lambda handle: handle.write(data))
-        result.written = True
-    return result
+    result.check_images = count
+    return data
+
+
+def _int8_check(
+    result: ExportResult,
+    data: bytes,
+    model: nn.Module,
+    final: nn.Module,
+    layers: Mapping[str, Any],
+    options: Int8Options,
+    normalization: tuple[Sequence[float], Sequence[float]] | None,
+) -> bytes:
+    """Quantize ``data`` (the float32 export of ``final``) with calibration images; layers whose
+    own INT8 error is above the limit stay float32; check top-1 agreement (fills ``result``)."""
+    from .int8 import calibration_images, layer_errors, quantization_record, top1_agreement
+    from .latency._quant import quantize_onnx
+    from .latency._runtime import ort_session, run_session
+
+    images = calibration_images(
+        options.calibration, options.images, normalization, result.input_size, options.seed
+    )
+    names = [name for name, spec in layers.items() if spec.format != "dense"]
+    errors = layer_errors(final, names, images, options.settings)
+    keep = [name for name in names if errors[name] > options.max_layer_error]
+    quantized = quantize_onnx(data, [images.numpy()], keep_fp32=keep, settings=options.settings)
+    with torch.no_grad():
+        reference = model(images).float()
+    got = run_session(ort_session(quantized, 1), images)
+    result.agreement = top1_agreement(got, reference)
+    result.max_abs_diff = float((got - reference).abs().max())
+    result.max_abs_output = float(reference.abs().max())
+    result.check_ok = result.agreement >= options.min_agreement
+    result.check_images = len(images)
+    result.quantization = quantization_record(options, len(images), errors, keep)
+    return quantized
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("uniform", "runs"),
     ("trained",),
-    ("latency", "onnx_export", "bench"),
+    ("latency", "onnx_export", "bench", "int8", "onnx_eval"),
     ("train",),
     ("search",),
     ("analysis",),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -136,16 +136,43 @@ def test_dense_config_predicts_the_dense_model_measurement(tmp_path: Path) -> No
     assert predicted == pytest.approx(entry["dense_model_ms"])
 
 
-def test_reference_config_predicts_its_measurement(tmp_path: Path) -> None:
-    from fixtures.timing import macs_model_timer
+def test_prediction_is_calibrated_on_whole_low_rank_models(tmp_path: Path) -> None:
+    """Whole models run in 0.3 ms + 0.8 x the sum of their layers timed alone (a layer's saving
+    shows only 80% in the network): the fitted scale recovers 0.8, and a mixed config unlike the
+    uniform references is predicted exactly. A rest term measured on the dense model alone (the
+    sum of layers plus a constant) would miss it."""
+    from fixtures.timing import macs_model_timer, macs_timer
 
-    table = _table(tmp_path, layer_timer=_fake_timer, model_timer=macs_model_timer)
-    names = [n for n, i in _infos().items() if i.allows("tucker2")]
-    reference = uniform_config("resnet20", 10, TINY, 0.5, names, "tucker2")
-    predicted = table.predict(reference, 1)
+    def model_timer(model: torch.nn.Module, size: Sequence[int], batch: int) -> float:
+        return 0.3 + 0.8 * macs_model_timer(model, size, batch)
+
+    table = _table(tmp_path, layer_timer=macs_timer, model_timer=model_timer)
+    infos = _infos()
+    layers = {}
+    for index, (name, info) in enumerate(list(infos.items())[1:-1]):
+        fmt = ("tucker2", "tucker2", "dense")[index % 3]
+        if fmt != "dense" and info.allows(fmt):
+            layers[name] = LayerSpec(fmt, **{k: max(1, v // 3) for k, v in info.full_ranks[fmt].items()})
+    config = RankConfig(ModelSpec("resnet20"), TINY, layers)
+    predicted = table.predict(config, 1)
     (record,) = table.rest.values()
-    assert record["per_kernel_ms"] > 0  # the fake layer times are far below the real model's
-    assert predicted == pytest.approx(record["reference_model_ms"])
+    assert record["scale"] == pytest.approx(0.8)
+    measured = model_timer(config.build(seed=0), TINY, 1)
+    assert predicted == pytest.approx(measured, rel=1e-9)
+    dense_rest_only = table._layer_sum(config, 1, False) + record["rest_ms"]
+    assert abs(dense_rest_only - measured) > 0.01 * measured  # what the dense-only rest term predicted
+    for ratio in (0.25, 0.5, 0.75):
+        assert record[f"reference_{ratio}_model_ms"] > 0
+
+
+def test_a_rest_record_without_a_scale_is_measured_again(tmp_path: Path) -> None:
+    table = _table(tmp_path, layer_timer=_fake_timer)
+    key = f"resnet20/10 {'x'.join(map(str, TINY))} b1"
+    table.rest[key] = {"rest_ms": 1.0, "dense_model_ms": 5.0, "per_kernel_ms": 0.0}  # an older table
+    with pytest.raises(BudgetError, match="prefill"):
+        latency_of_config(table, _config(), 1, measure=False)
+    table.predict(_config(), 1)
+    assert "scale" in table.rest[key]
 
 
 def test_latency_of_config_without_measuring(tmp_path: Path) -> None:

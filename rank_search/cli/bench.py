@@ -27,6 +27,11 @@ def add_parsers(sub: Any) -> None:
         help="torch.compile both models (optionally a mode such as max-autotune)",
     )
     p.add_argument("--cuda-graph", action="store_true", help="replay CUDA graphs (CUDA only)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --runtime onnxruntime: also time both models statically quantized (INT8)",
+    )
     p.add_argument("-o", "--output", help="write the results as JSON here (atomically)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run_bench)
@@ -39,6 +44,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument(
         "--verify", action="store_true", help="also run the config and report the prediction error"
+    )
+    p.add_argument(
+        "--int8", action="store_true", help="with --runtime onnxruntime: time everything statically quantized"
     )
     p.add_argument("--cache-dir", help="table folder (default $RANK_SEARCH_CACHE/latency)")
     p.add_argument("--repeats", type=int, default=5, help="timed samples per entry (median)")
@@ -112,6 +120,7 @@ def run_bench(args: argparse.Namespace) -> int:
         cuda_graph=args.cuda_graph,
         min_sample_ms=args.min_sample_ms,
         runtime=args.runtime,
+        int8=args.int8,
     )
     options.check()  # bad options and a missing runtime fail before any timing or load warning
     with load_check(args.device):
@@ -161,7 +170,39 @@ def format_bench(data: dict[str, Any]) -> str:
         "dense img/s",
         "low-rank img/s",
     ]
-    return head + "\n\n" + format_table(headers, rows)
+    table = head + "\n\n" + format_table(headers, rows)
+    int8 = [r for r in data["results"] if "low_rank_int8_ms" in r]
+    return table + ("\n\n" + format_int8(int8) if int8 else "")
+
+
+def format_int8(results: list[dict[str, Any]]) -> str:
+    """The INT8 columns of bench rows: both models quantized, beside float32 dense."""
+    rows = []
+    for r in results:
+        d, lr = r["dense_int8_spread"], r["low_rank_int8_spread"]
+        rows.append(
+            (
+                r["batch_size"],
+                f"{r['dense_ms']:.3f}",
+                f"{r['dense_int8_ms']:.3f} [{d['q1']:.3f}-{d['q3']:.3f}]",
+                f"{r['low_rank_int8_ms']:.3f} [{lr['q1']:.3f}-{lr['q3']:.3f}]",
+                round(r["speedup_int8_vs_dense_int8"], 3),
+                round(r["speedup_int8_vs_dense_fp32"], 3),
+                r["int8_forms"]["chosen"] if "int8_forms" in r else "-",
+            )
+        )
+    headers = [
+        "batch",
+        "fp32 dense ms",
+        "int8 dense ms [IQR]",
+        "int8 low-rank ms [IQR]",
+        "vs int8 dense",
+        "vs fp32 dense",
+        "int8 forms",
+    ]
+    return "INT8 (ONNX Runtime static quantization, timed in the same interleaved run):\n\n" + format_table(
+        headers, rows
+    )
 
 
 # --------------------------------------------------------------------------- latency table
@@ -191,6 +232,7 @@ def run_latency_table(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         settings=TimingSettings(args.repeats, args.warmup, args.min_sample_ms),
         runtime=args.runtime,
+        precision="int8" if args.int8 else "fp32",
     )
     sizes = _batch_sizes(args)
     if args.target.endswith(".json") or Path(args.target).is_file():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .augment import crop_flip_with, normalize, random_crop_flip
 from .dataset import SPLITS, Dataset, ResidentDataset, StreamingDataset
-from .loaders import load_data
+from .loaders import load_data, load_data_at
 from .options import DataOptions
 from .sources import SourceArrays
 from .spec import DataSpec, parse_data_spec
@@ -27,6 +27,7 @@ __all__ = [
     "StreamingDataset",
     "crop_flip_with",
     "load_data",
+    "load_data_at",
     "make_split_indices",
     "normalize",
     "parse_data_spec",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from .sources import SourceArrays, cifar_files, find_cifar_folder, read_builtin,
 from .spec import DataSpec, parse_data_spec
 from .split import make_split_indices
 
-__all__ = ["NORMALIZATION", "load_data"]
+__all__ = ["NORMALIZATION", "load_data", "load_data_at"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,22 @@ def load_data(spec: DataSpec | str, options: DataOptions | None = None) -> Datas
     if parsed.kind == "imagefolder":
         return _load_image_folder(root, opts)
     return _load_cifar(parsed.kind, root, opts)
+
+
+def load_data_at(
+    spec: str, input_size: Sequence[object], normalization: tuple[Sequence[float], Sequence[float]] | None
+) -> Dataset:
+    """The dataset ``spec`` as a model taking ``input_size`` ``(C, H, W)`` sees it: normalized with
+    ``normalization`` (default: the dataset's), at its native size when that fits, else (an image
+    folder) decoded at ``H`` (resize + center crop). A size that cannot fit is a DataError."""
+    mean, std = (tuple(normalization[0]), tuple(normalization[1])) if normalization else (None, None)
+    data = load_data(spec, DataOptions(mean=mean, std=std))
+    want = tuple(input_size)
+    if tuple(data.input_size) != want and spec.startswith("imagefolder:") and isinstance(want[-1], int):
+        data = load_data(spec, DataOptions(mean=mean, std=std, image_size=int(want[-1])))
+    if tuple(data.input_size) != want:
+        raise DataError(f"{spec}: images are {tuple(data.input_size)}, the model takes {want}")
+    return data
 
 
 def _indices(labels: np.ndarray, num_test: int, opts: DataOptions) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetError, ConfigError
 from ._device import DTYPES
+from ._quant import PRECISIONS
 from ._runtime import RUNTIMES
 
 if TYPE_CHECKING:
@@ -17,13 +18,24 @@ if TYPE_CHECKING:
 
 __all__ = ["LATENCY_KEYS", "LatencyBudget", "latency_of_config", "parse_latency_budget"]
 
-LATENCY_KEYS = ("latency_ms", "device", "batch_size", "threads", "dtype", "channels_last", "runtime")
+LATENCY_KEYS = (
+    "latency_ms",
+    "device",
+    "batch_size",
+    "threads",
+    "dtype",
+    "channels_last",
+    "runtime",
+    "precision",
+)
 
 
 @dataclass(frozen=True)
 class LatencyBudget:
     """At most ``latency_ms`` per batch of ``batch_size`` on ``device`` (inference export) in
-    ``runtime``: ``torch`` (eager) or ``onnxruntime`` (CPU, float32, fastest form per layer)."""
+    ``runtime``: ``torch`` (eager) or ``onnxruntime`` (CPU, float32, fastest form per layer);
+    ``precision``: ``fp32``, or ``int8`` (onnxruntime only: the model as ``export-model --int8``
+    ships it, statically quantized, its forms chosen by INT8 timings)."""
 
     latency_ms: float
     device: str = "cpu"
@@ -32,6 +44,7 @@ class LatencyBudget:
     dtype: str = "float32"
     channels_last: bool = True
     runtime: str = "torch"
+    precision: str = "fp32"
 
     def table(self, cache_dir: str | Path | None = None) -> LatencyTable:
         """The cached latency table for this budget's device setting."""
@@ -45,6 +58,7 @@ class LatencyBudget:
             channels_last=self.channels_last,
             cache_dir=cache_dir,
             runtime=self.runtime,
+            precision=self.precision,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,6 +73,8 @@ class LatencyBudget:
             data["threads"] = self.threads
         if self.runtime != "torch":
             data["runtime"] = self.runtime
+        if self.precision != "fp32":
+            data["precision"] = self.precision
         return data
 
 
@@ -85,7 +101,8 @@ def parse_latency_budget(
     Keys: ``latency_ms`` (> 0, required), ``device`` ('cpu' | 'cuda' | 'cuda:N', default 'cpu'),
     ``batch_size`` (default 1), ``threads`` (CPU threads; default: torch's current count),
     ``dtype`` (float32 | bfloat16 | float16), ``channels_last`` (default true), ``runtime``
-    (``torch`` | ``onnxruntime``; onnxruntime needs device cpu and float32). ``other_keys`` are
+    (``torch`` | ``onnxruntime``; onnxruntime needs device cpu and float32), ``precision``
+    (``fp32`` | ``int8``; int8 needs runtime onnxruntime). ``other_keys`` are
     keys the caller handles itself (e.g. ``macs``); any other key is a :class:`ConfigError`.
     The device is not checked for availability here (that happens when the table is made).
     """
@@ -115,6 +132,11 @@ def parse_latency_budget(
     device = _device(data.get("device", "cpu"), f"{key}.device")
     if runtime == "onnxruntime" and (device != "cpu" or dtype != "float32"):
         raise ConfigError("runtime onnxruntime needs device cpu and dtype float32", key=f"{key}.runtime")
+    precision = data.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"expected one of {list(PRECISIONS)}, got {precision!r}", key=f"{key}.precision")
+    if precision != "fp32" and runtime != "onnxruntime":
+        raise ConfigError(f"precision {precision} needs runtime onnxruntime", key=f"{key}.precision")
     return LatencyBudget(
         latency_ms=float(ms),
         device=device,
@@ -123,6 +145,7 @@ def parse_latency_budget(
         dtype=dtype,
         channels_last=channels_last,
         runtime=runtime,
+        precision=precision,
     )
 
 

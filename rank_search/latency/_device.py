@@ -76,10 +76,12 @@ def device_key(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
     runtime: str = "torch",
+    precision: str = "fp32",
 ) -> str:
     """A file-name-safe key for one timing setting: device name, CPU threads, runtime and its
-    version (torch or ONNX Runtime), dtype and memory format. Latencies measured under one key
-    are never reused under another."""
+    version (torch or ONNX Runtime), dtype, memory format and (``int8`` only, so float32 keys
+    stay as they were) the precision. Latencies measured under one key are never reused under
+    another."""
     from ._runtime import runtime_version
 
     parts = [device.type, device_name(device)]
@@ -90,6 +92,8 @@ def device_key(
         str(dtype).removeprefix("torch."),
         "cl" if channels_last and runtime == "torch" else "nchw",
     ]
+    if precision != "fp32":
+        parts.append(precision)
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "-".join(parts)).strip("_")
 
 

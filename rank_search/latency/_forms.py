@@ -66,15 +66,17 @@ def time_forms(
     repeats: int = 7,
     warmup: int = 3,
     min_sample_ms: float = 2.0,
+    precision: str = "fp32",
 ) -> dict[str, Spread]:
-    """Time every form of the exported low-rank ``layer`` on input ``x``, interleaved."""
+    """Time every form of the exported low-rank ``layer`` on input ``x``, interleaved
+    (``precision="int8"``: each form statically quantized, context convs included)."""
     fmt = layer_format(layer)
     if fmt is None:
         raise TypeError(f"not an exported low-rank layer: {type(layer).__name__}")
     forms = FORMS[fmt]
     with num_threads(threads):
         modules = [in_context(apply_form(layer, form), x) for form in forms]
-        calls = [runner(module, x, runtime, threads) for module in modules]
+        calls = [runner(module, x, runtime, threads, precision) for module in modules]
         with torch.inference_mode():
             samples = time_interleaved(
                 calls, x.device, repeats=repeats, warmup=warmup, min_sample_ms=min_sample_ms
@@ -133,12 +135,15 @@ def choose_forms(
     *,
     runtime: str = "onnxruntime",
     threads: int = 1,
+    precision: str = "fp32",
     **timing: Any,
 ) -> dict[str, FormChoice]:
     """Per exported low-rank layer of ``exported`` (see :func:`~rank_search.inference.layer_format`),
     the fastest form in ``runtime`` at its input shape when ``exported`` runs on ``example``.
 
-    ``timing`` goes to :func:`time_forms` (``repeats``, ``warmup``, ``min_sample_ms``).
+    ``precision``: ``fp32`` or ``int8`` (each form timed quantized: the fastest INT8 form can
+    differ from the fastest float32 one). ``timing`` goes to :func:`time_forms` (``repeats``,
+    ``warmup``, ``min_sample_ms``).
     """
     formats = exported_low_rank_formats(exported)
     inputs = layer_inputs(exported, list(formats), example)
@@ -149,7 +154,9 @@ def choose_forms(
         assert isinstance(layer, nn.Sequential)
         key = _shape_key(layer, inputs[name])
         if key not in cache:
-            spreads = time_forms(layer, inputs[name], runtime=runtime, threads=threads, **timing)
+            spreads = time_forms(
+                layer, inputs[name], runtime=runtime, threads=threads, precision=precision, **timing
+            )
             cache[key] = {form: s.median for form, s in spreads.items()}
         times = cache[key]
         choices[name] = FormChoice(name, fmt, choose_form(times), dict(times))

@@ -123,20 +123,46 @@ def ort_session(model: bytes | str, threads: int = 1) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def runner(module: nn.Module, x: torch.Tensor, runtime: str, threads: int) -> Callable[[], object]:
-    """A call running ``module`` on ``x`` in ``runtime`` (time it under ``torch.inference_mode``)."""
+def runner(
+    module: nn.Module, x: torch.Tensor, runtime: str, threads: int, precision: str = "fp32"
+) -> Callable[[], object]:
+    """A call running ``module`` on ``x`` in ``runtime`` (time it under ``torch.inference_mode``).
+
+    ``precision="int8"`` (onnxruntime only) runs ``module`` statically quantized
+    (:func:`~rank_search.latency._quant.quantize_onnx`), calibrated on ``x`` itself: the ranges
+    do not change which kernels ONNX Runtime runs, so the timing holds for any calibration.
+    """
+    from ._quant import check_precision, quantize_onnx
+
+    check_precision(precision)
     if runtime == "torch":
+        if precision != "fp32":
+            raise RankSearchError(f"precision {precision} needs runtime onnxruntime")
         return lambda: module(x)
     check_runtime(runtime, x.device)
     if x.dtype != torch.float32:
         raise RankSearchError(f"runtime onnxruntime is timed in float32 only, got {x.dtype}")
     example = x.contiguous()
-    session = ort_session(onnx_bytes(module, example), threads)
+    data = onnx_bytes(module, example)
+    if precision == "int8":
+        data = quantize_onnx(data, [example.numpy()])
+    session = ort_session(data, threads)
     feed = {session.get_inputs()[0].name: example.numpy()}
     return lambda: session.run(None, feed)
 
 
 def run_session(session: Any, x: torch.Tensor) -> torch.Tensor:
-    """One ONNX Runtime run of ``session`` on ``x`` (CPU float32), as a tensor."""
-    feed = {session.get_inputs()[0].name: x.detach().float().cpu().contiguous().numpy()}
-    return torch.from_numpy(session.run(None, feed)[0])
+    """ONNX Runtime's output of ``session`` on ``x`` (CPU float32), as a tensor. A model with a
+    fixed batch runs ``x`` in chunks of that batch (the last one padded with zeros, cut off again)."""
+    x = x.detach().float().cpu().contiguous()
+    name, dims = session.get_inputs()[0].name, session.get_inputs()[0].shape
+    batch = dims[0] if dims and isinstance(dims[0], int) else len(x)
+    outputs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch]
+        short = batch - len(chunk)
+        if short:
+            chunk = torch.cat([chunk, chunk.new_zeros(short, *chunk.shape[1:])])
+        out = torch.from_numpy(session.run(None, {name: chunk.numpy()})[0])
+        outputs.append(out[: len(out) - short])
+    return torch.cat(outputs)

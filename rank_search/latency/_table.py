@@ -27,22 +27,24 @@ point takes that point's latency. Interpolation is exact on multiples of 8 up to
 optimistic for ranks that are not: searches under a latency budget should use rank steps of 8.
 :meth:`LatencyTable.prefill` measures the grid of every layer.
 
-Prediction. ``predict(config, batch)`` = the sum over every conv/linear layer of its table latency
-(dense or low-rank) + the model's "rest": what whole-model timings show beyond that sum. The rest
-is measured once per model, input size and batch size from two whole-model timings (exported for
-inference): the dense model, and a reference low-rank model (uniform Tucker-2 at rank ratio 0.5
-on every layer that allows it; SVD if none does). It has two terms:
+Prediction. ``predict(config, batch)`` = the measured dense model + ``scale`` x (the config's
+layer sum - the dense layer sum), where the layer sum is the sum over every conv/linear layer of
+its table latency (dense or low-rank). The terms are measured once per model, input size and
+batch size from whole-model timings (exported for inference, each layer in the form it ships in):
 
-* ``rest_ms`` = dense model - sum of its dense layers (activations, additions, pooling, the
-  difference between a layer timed alone and inside the network);
-* ``per_kernel_ms`` >= 0 = what the reference model took beyond its own prediction, spread over
-  the extra conv/linear kernels it launches (Tucker-2 runs 3 where dense ran 1, SVD 2): the
-  in-network cost of a kernel that timing a layer alone misses.
+* ``dense_model_ms``: the dense model; ``rest_ms`` = it minus its dense layers (activations,
+  additions, pooling, the difference between a layer timed alone and inside the network);
+* ``scale``: how much of a per-layer saving shows in the whole model. Reference models, uniform
+  Tucker-2 at rank ratios 0.25, 0.5 and 0.75 on every layer that allows it (SVD if none does),
+  are timed whole; ``scale`` is the least-squares slope through the dense point of their measured
+  latency against their layer sum. Layers timed alone, between context convs, save less or more
+  than they do inside the network (on ONNX Runtime, fewer kernels also means fewer layout
+  reorders and less per-call work); measured on dense models alone, the rest term made the
+  prediction of factorized models about 12% too high.
 
-So ``predict = sum(layers) + rest_ms + per_kernel_ms * (kernels(config) - kernels(dense))``. When
-``rest_ms`` comes out negative (layers timed alone were slower than inside the network), the layer
-sum is scaled instead: ``dense_model_ms * sum(layers) / sum(dense layers)``. Either way the dense
-config predicts the measured dense model, and the reference config its measured latency.
+So the dense config predicts the measured dense model exactly, and the references their measured
+latencies up to the fit's residual. ``precision="int8"`` (ONNX Runtime only) times every layer and
+model statically quantized (:mod:`rank_search.latency._quant`): a separate table key.
 """
 
 from __future__ import annotations
@@ -81,8 +83,7 @@ __all__ = ["LatencyTable", "TimingSettings", "rank_grid"]
 
 FORMAT_ID = "rank-search/latency-table"
 VERSION = 1
-KERNELS = {"dense": 1, "tucker2": 3, "svd": 2}  # conv/linear kernels a layer launches per format
-REFERENCE_RATIO = 0.5
+REFERENCE_RATIOS = (0.25, 0.5, 0.75)
 LayerTimer = Callable[[LayerInfo, str, Mapping[str, int], int], float]
 ModelTimer = Callable[[torch.nn.Module, Sequence[int], int], float]
 
@@ -117,12 +118,12 @@ def _bracket(grid: Sequence[int], rank: int) -> list[tuple[int, float]]:
     raise AssertionError("unreachable")
 
 
-def _base(record: Mapping[str, float], layers: float) -> float:
-    """Layer sum plus ``rest_ms``, or the scaled layer sum when ``rest_ms`` is negative."""
-    rest, dense_model = record["rest_ms"], record["dense_model_ms"]
-    if rest >= 0:
-        return layers + rest
-    return dense_model * layers / (dense_model - rest)
+def fit_scale(dense_layers: float, dense_ms: float, references: Sequence[Mapping[str, float]]) -> float:
+    """Least-squares slope through ``(dense_layers, dense_ms)`` of the references' measured
+    ``model_ms`` against their ``layers_ms`` (1.0 when no reference moves the layer sum)."""
+    num = sum((r["layers_ms"] - dense_layers) * (r["model_ms"] - dense_ms) for r in references)
+    den = sum((r["layers_ms"] - dense_layers) ** 2 for r in references)
+    return num / den if den > 0 else 1.0
 
 
 def shape_key(info: LayerInfo, batch_size: int) -> str:
@@ -165,18 +166,24 @@ class LatencyTable:
         model_timer: ModelTimer | None = None,
         interpolate: bool = False,
         runtime: str = "torch",
+        precision: str = "fp32",
     ) -> None:
+        from ._quant import check_precision
+
         check_threads(threads)
         self.device = resolve_device(device)
         check_runtime(runtime, self.device)
         if runtime != "torch" and dtype != torch.float32:
             raise RankSearchError(f"runtime {runtime} is timed in float32 only, got {dtype}")
+        if check_precision(precision) != "fp32" and runtime != "onnxruntime":
+            raise RankSearchError(f"precision {precision} needs runtime onnxruntime")
         self.runtime = runtime
+        self.precision = precision
         self.threads = threads if threads is not None else torch.get_num_threads()
         self.dtype = dtype
         self.channels_last = channels_last and runtime == "torch"
         self.settings = settings or TimingSettings()
-        self.key = device_key(self.device, self.threads, dtype, self.channels_last, runtime)
+        self.key = device_key(self.device, self.threads, dtype, self.channels_last, runtime, precision)
         self.path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         self.path = self.path / f"{self.key}.json"
         self.layers: dict[str, float] = {}
@@ -239,6 +246,7 @@ class LatencyTable:
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "channels_last": self.channels_last,
                 "runtime": self.runtime,
+                "precision": self.precision,
             },
             "settings": asdict(self.settings),
             "unit": "ms",
@@ -277,7 +285,7 @@ class LatencyTable:
         self._warn_before_first(stacklevel=5)
         s = self.settings
         with num_threads(self._cpu_threads):
-            call = runner(module, x, self.runtime, self.threads)
+            call = runner(module, x, self.runtime, self.threads, self.precision)
         with num_threads(self._cpu_threads), torch.inference_mode():
             (samples,) = time_interleaved(
                 [call],
@@ -312,6 +320,7 @@ class LatencyTable:
                 repeats=s.repeats,
                 warmup=s.warmup,
                 min_sample_ms=s.min_sample_ms,
+                precision=self.precision,
             )
             self._count_measurement()
             return min(spread.median for spread in spreads.values())
@@ -381,7 +390,7 @@ class LatencyTable:
         self, model_name: str, input_size: Sequence[int], batch_size: int, num_classes: int, measure: bool
     ) -> dict[str, float]:
         key = f"{model_name}/{num_classes} {'x'.join(map(str, input_size))} b{batch_size}"
-        if key not in self.rest:
+        if "scale" not in self.rest.get(key, {}):  # absent, or stored before the scale was fitted
             if not measure:
                 raise KeyError(key)
             self.rest[key] = self._measure_rest(model_name, input_size, batch_size, num_classes)
@@ -390,41 +399,55 @@ class LatencyTable:
     def _measure_rest(
         self, model_name: str, input_size: Sequence[int], batch_size: int, num_classes: int
     ) -> dict[str, float]:
-        """Time the dense and the reference model and derive the rest terms (see module doc)."""
+        """Time the dense and the reference models and fit the terms (see module doc)."""
         from ..config import ModelSpec, RankConfig
 
         dense = RankConfig(ModelSpec(model_name, num_classes), (input_size[0], input_size[1], input_size[2]))
-        dense_layers, dense_kernels = self._layer_sum(dense, batch_size, True)
+        dense_layers = self._layer_sum(dense, batch_size, True)
         dense_ms = self.measure_dense_model(model_name, input_size, batch_size, num_classes).median
-        record = {"rest_ms": dense_ms - dense_layers, "dense_model_ms": dense_ms, "per_kernel_ms": 0.0}
-        reference = self._reference_config(dense)
-        if reference is not None:
-            ref_layers, ref_kernels = self._layer_sum(reference, batch_size, True)
-            ref_ms = self.measure_model(reference.build(seed=0), input_size, batch_size).median
-            extra = ref_kernels - dense_kernels
-            record["reference_model_ms"] = ref_ms
-            record["per_kernel_ms"] = max(0.0, (ref_ms - _base(record, ref_layers)) / extra)
+        record = {
+            "rest_ms": dense_ms - dense_layers,
+            "dense_model_ms": dense_ms,
+            "dense_layers_ms": dense_layers,
+        }
+        references = []
+        for ratio, config in self._reference_configs(dense):
+            layers = self._layer_sum(config, batch_size, True)
+            model_ms = self.measure_model(config.build(seed=0), input_size, batch_size).median
+            references.append({"layers_ms": layers, "model_ms": model_ms})
+            record[f"reference_{ratio}_layers_ms"], record[f"reference_{ratio}_model_ms"] = layers, model_ms
+        record["scale"] = fit_scale(dense_layers, dense_ms, references)
+        if references and not record["scale"] > 0:
+            warnings.warn(
+                f"{model_name} b{batch_size}: smaller layers made the whole model slower "
+                f"(fitted scale {record['scale']:.2f}): the timings disagree, the machine was probably "
+                f"busy; delete {self.path} and measure again on a quiet machine",
+                stacklevel=4,
+            )
         return record
 
-    def _reference_config(self, dense: RankConfig) -> RankConfig | None:
-        """Uniform Tucker-2 (else SVD) at rank ratio 0.5 on every layer allowing it; None if none does."""
+    def _reference_configs(self, dense: RankConfig) -> list[tuple[float, RankConfig]]:
+        """Uniform Tucker-2 (else SVD) at each of ``REFERENCE_RATIOS`` on every layer allowing it;
+        none if no layer does."""
         from ..uniform import uniform_config
 
-        infos = self.model_infos(dense.model.name, dense.input_size, dense.model.num_classes)
+        m = dense.model
+        infos = self.model_infos(m.name, dense.input_size, m.num_classes)
         for fmt in ("tucker2", "svd"):
             names = [i.name for i in infos if i.allows(fmt)]
             if names:
-                m = dense.model
-                return uniform_config(m.name, m.num_classes, dense.input_size, REFERENCE_RATIO, names, fmt)
-        return None
+                return [
+                    (r, uniform_config(m.name, m.num_classes, dense.input_size, r, names, fmt))
+                    for r in REFERENCE_RATIOS
+                ]
+        return []
 
-    def _layer_sum(self, config: RankConfig, batch_size: int, measure: bool) -> tuple[float, int]:
-        """Sum of the config's layer latencies and the number of conv/linear kernels it launches."""
-        total, kernels = 0.0, 0
-        for info, fmt, ranks in self._choices(config):
-            total += self.layer_ms(info, fmt, ranks, batch_size, measure=measure)
-            kernels += KERNELS[fmt]
-        return total, kernels
+    def _layer_sum(self, config: RankConfig, batch_size: int, measure: bool) -> float:
+        """Sum of the config's layer latencies."""
+        return sum(
+            self.layer_ms(info, fmt, ranks, batch_size, measure=measure)
+            for info, fmt, ranks in self._choices(config)
+        )
 
     def measure_dense_model(
         self, model_name: str, input_size: Sequence[int], batch_size: int, num_classes: int = 10
@@ -456,7 +479,12 @@ class LatencyTable:
             s = self.settings
             with num_threads(self._cpu_threads):
                 exported, _ = fastest_form(
-                    exported, x, threads=self.threads, repeats=s.repeats, warmup=s.warmup
+                    exported,
+                    x,
+                    threads=self.threads,
+                    precision=self.precision,
+                    repeats=s.repeats,
+                    warmup=s.warmup,
                 )
         return self._time(exported, x)
 
@@ -479,10 +507,9 @@ class LatencyTable:
         """
         model = config.model
         record = self._rest_record(model.name, config.input_size, batch_size, model.num_classes, measure)
-        layers, kernels = self._layer_sum(config, batch_size, measure)
+        layers = self._layer_sum(config, batch_size, measure)
         self._save_if_dirty()
-        dense_kernels = len(self.model_infos(model.name, config.input_size, model.num_classes))
-        return _base(record, layers) + record.get("per_kernel_ms", 0.0) * (kernels - dense_kernels)
+        return record["dense_model_ms"] + record["scale"] * (layers - record["dense_layers_ms"])
 
     def prefill(
         self,
