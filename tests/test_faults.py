@@ -210,6 +210,8 @@ def test_a_torn_journal_entry_is_cut_back_with_the_original_kept(tmp_path: Path)
     # trial #2's tell was the torn entry: #2 stays running, #3 is whole
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "RUNNING", "COMPLETE"]
     assert repair_journal(path) is None
+    path.write_bytes(b"")
+    assert repair_journal(path) is None and repair_journal(tmp_path / "none") is None
 
 
 def test_a_journal_cut_at_a_line_end_but_not_json_is_repaired(tmp_path: Path) -> None:
@@ -525,3 +527,26 @@ def test_sigterm_stops_the_driver_like_ctrl_c_and_resume_reruns_a_damaged_unfini
     records = assert_agree(out, 3)
     assert records[1].trial_id == interrupted.trial_id and records[1].status == "completed"
     assert (out / "trials" / "invalid" / path.name).is_file()
+
+
+def test_a_trial_tune_errored_without_an_event_gets_a_failed_record(tmp_path: Path) -> None:
+    """Tune fails a trial whose reused worker is not ready (``reset_config`` timed out under load)
+    with no trial-error event: the end of the experiment records it failed, never lost."""
+    from types import SimpleNamespace
+
+    from rank_search.search.callbacks import NOT_STARTED, RecordCallback
+    from rank_search.search.searcher import CONFIG_KEY
+
+    error = tmp_path / "error.pkl"
+    from ray import cloudpickle
+
+    error.write_bytes(cloudpickle.dumps(RuntimeError("Trainable runner reuse requires reset_config() ...")))
+    plan = {"layers": {}, "macs": 5, "optuna_trial_number": 7, "tags": [], "sampled": {}}
+    trial = SimpleNamespace(
+        trial_id="abc", status="ERROR", config={CONFIG_KEY: plan}, pickled_error_file=str(error)
+    )
+    callback = RecordCallback(str(tmp_path), 2, 10, 100, quiet=True)
+    callback.on_experiment_end([trial])
+    (record,) = read_records(tmp_path)
+    assert (record.trial_id, record.status, record.optuna_trial_number) == ("abc", "failed", 7)
+    assert record.error == NOT_STARTED

@@ -31,6 +31,10 @@ WORKER_DIED = (
     "the trial's worker process died (killed by a signal: SIGKILL, the out-of-memory killer, "
     "or its node went away)"
 )
+NOT_STARTED = (
+    "Tune could not start the trial on a reused worker (its previous trial's thread had not ended "
+    "within TUNE_FUNCTION_THREAD_TIMEOUT_S)"
+)
 NO_SPACE = ("No space left on device", "Disk quota exceeded")
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -66,6 +70,8 @@ def _error_text(trial: Any) -> str:
     error = _trial_error(trial)
     if isinstance(error, RayActorError) or "actor died unexpectedly" in str(error):
         return WORKER_DIED
+    if "reset_config()" in str(error):  # Tune's reuse of a worker whose last trial had not ended
+        return NOT_STARTED
     text = str(error) if error is not None else "the trial errored (no error message was saved)"
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else text[:500]
@@ -217,6 +223,11 @@ class RecordCallback(Callback):  # type: ignore[misc]
     def _settle_records(self, trials: list[Any]) -> None:
         known = {t.trial_id: t for t in trials}
         folder = Path(self.out_dir) / "trials"
+        for trial in trials:  # errored with no event (a reused worker not ready): never silent
+            path = record_path(self.out_dir, trial.trial_id)
+            if trial.status == "ERROR" and trial.trial_id not in self._ended and not path.is_file():
+                self._ended.add(trial.trial_id)
+                self._print(finalize_record(self.out_dir, trial, self.epochs, _error_text(trial)))
         for path in sorted(folder.glob("*.json")):
             record, trial = read_record(path), known.get(path.stem)
             if record.status in FINAL_STATUSES:

@@ -85,6 +85,11 @@ OBJECT_STORE_BYTES = 256 * 2**20
 CHECKPOINT_INTERVAL_S = 600.0
 """A trial checkpoints after an epoch ending this long after its start or last checkpoint."""
 JOURNAL_PREFIX = "journal:"
+REUSE_TIMEOUT_S = "60"
+"""``TUNE_FUNCTION_THREAD_TIMEOUT_S`` for the workers: how long a reused worker waits for the last
+trial's thread to end before the next trial starts on it. Tune's default, 2 s, is too short on a
+busy machine: the next trial then errors before it runs, with no event a callback sees (found by
+``benchmarks/soak.py`` under a load average of 70 on 2 cores)."""
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -370,7 +375,12 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
 
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": worker_env()}
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", REUSE_TIMEOUT_S)
+    env_vars = {
+        **worker_env(),
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"],
+    }
+    runtime_env = {"env_vars": env_vars}
     level = logging.INFO if verbose else logging.WARNING
     if address:
         ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env, logging_level=level)
@@ -565,7 +575,9 @@ def repair_journal(path: Path) -> str | None:
     The original is kept as ``<name>.bak`` (numbered if taken); returns the line to print."""
     if not path.is_file():
         return None
-    data = path.read_bytes()
+    data = path.read_bytes()  # a few kB a trial
+    if not data:
+        return None
     keep = data.rfind(b"\n") + 1  # everything up to the last line end
     if keep == len(data):  # ends with a line end: is that last line a whole entry?
         start = data.rfind(b"\n", 0, max(0, keep - 1)) + 1
