@@ -14,7 +14,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     """Write ``path`` via a temporary file in the same folder, then rename it.
 
     ``write`` receives a binary file object. On any error the target is left
-    as it was and the temporary file is removed.
+    as it was and the temporary file is removed; an ``OSError`` that names no file (a failed
+    write, e.g. no space left on the device) is given ``path`` as its file name.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -25,8 +26,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(target)
         raise
     return target
 

@@ -46,3 +46,19 @@ class DataError(RankSearchError):
 
 class BudgetError(RankSearchError):
     """A MACs or latency budget that cannot be met."""
+
+
+class SearchStopped(RankSearchError):
+    """A search stopped before its trials ended, for a cause outside the trials (no space left on
+    the device, the data gone); ``search --resume`` continues it once the cause is fixed.
+    ``retry_failed``: the trials the cause failed are rerun only with ``--retry-failed``."""
+
+    def __init__(self, reason: str, *, retry_failed: bool = False) -> None:
+        self.reason = reason
+        self.retry_failed = retry_failed
+        super().__init__(reason)
+
+    @classmethod
+    def no_space(cls, where: object) -> SearchStopped:
+        """No space left on the device (or quota) while writing ``where``."""
+        return cls(f"no space left on the device writing {where}: free some space")

@@ -1,9 +1,15 @@
-"""``rank-search search STUDY.yaml -o DIR``: search per-layer ranks under a MACs or latency budget."""
+"""``rank-search search STUDY.yaml -o DIR``: search per-layer ranks under a MACs or latency budget.
+
+SIGTERM (how job schedulers stop a job) is taken as Ctrl-C: the search stops, keeps what ran and
+prints the command that continues it. A search that stops for a cause outside its trials (no
+space left, the data gone) prints one line saying why and that command, and exits with 3.
+"""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from typing import Any
 
 from ._table import format_table, human
@@ -45,13 +51,19 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(run=run_search_command)
 
 
-def resume_command(args: argparse.Namespace) -> str:
+STOPPED_EXIT = 3
+
+
+def resume_command(args: argparse.Namespace, *, retry_failed: bool = False) -> str:
     """The command that continues this search (its saved study wins, so no --set is repeated)."""
     address = f" --address {shlex.quote(args.address)}" if args.address else ""
-    return f"rank-search search {shlex.quote(args.study)} -o {shlex.quote(str(args.out))} --resume{address}"
+    retry = " --retry-failed" if retry_failed or getattr(args, "retry_failed", False) else ""
+    study, out = shlex.quote(args.study), shlex.quote(str(args.out))
+    return f"rank-search search {study} -o {out} --resume{retry}{address}"
 
 
 def run_search_command(args: argparse.Namespace) -> int:
+    from ..errors import SearchStopped
     from ..search.runner import run_search
     from ..search.study import load_study
 
@@ -64,13 +76,20 @@ def run_search_command(args: argparse.Namespace) -> int:
             address=args.address,
             verbose=args.verbose,
             retry_failed=args.retry_failed,
+            sigterm_as_ctrl_c=True,
         )
     except KeyboardInterrupt:
         print(f"\nsearch interrupted; continue it with:\n  {resume_command(args)}", flush=True)
         raise
+    except SearchStopped as exc:
+        command = resume_command(args, retry_failed=exc.retry_failed)
+        print(f"error: search stopped: {exc}; continue it with: {command}", file=sys.stderr, flush=True)
+        return STOPPED_EXIT
     counts: dict[str, int] = {}
     for record in outcome.records:
         counts[record.status] = counts.get(record.status, 0) + 1
+    if outcome.left_out:
+        counts["left out (unreadable record, in trials/invalid/)"] = len(outcome.left_out)
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"\nsearch {outcome.status}: {len(outcome.records)} trials ({summary})")
     print(f"results: {outcome.out_dir} (trial records in {outcome.out_dir / 'trials'})")

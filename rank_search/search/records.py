@@ -13,7 +13,7 @@ when the trial completes, is stopped by ASHA, or errors. Schema (version 1)::
      "history": [{"epoch", "train_loss", "reg_loss", "val_accuracy", "val_loss", "epoch_time_s",
                   "macs", "params", "lr"}],
      "val_size": int | null, "val_outcomes": {"format": "bits-v1", "n": int, "bits": str} | null,
-     "wall_time_s": float, "node_id": str | null, "error": str | null,
+     "wall_time_s": float, "node_id": str | null, "pid": int | null, "error": str | null,
      "threads": {"torch_threads": int, "omp_wait_policy": str | null} (the trial's process),
      "projection": {"projected": bool, "scale": float, "sampled_macs": int,
                     "sampled_layers": {layer: {"format", ranks...}}}}
@@ -27,12 +27,20 @@ for MACs budgets. ``val_outcomes`` (issue 20) is the last validation's per-image
 packed (:mod:`rank_search.outcomes`): every trial of a search sees the same validation images in the
 same order, so the selection compares trials image by image (a paired test); ``val_loss`` in the
 history is an addition too.
+``pid`` is an addition (issue 21): the worker process that last ran the trial
+(with ``node_id``: where to look for a stuck trial).
+
+A record that cannot be read (cut off, not JSON, not a record) is never counted:
+:func:`unreadable_records` finds them, and ``search --resume`` moves each to
+``DIR/trials/invalid/`` (:func:`set_aside`) with a line naming it; the analysis refuses to read a
+damaged record in place and names what was set aside.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,9 @@ __all__ = [
     "read_record",
     "read_records",
     "record_path",
+    "record_problem",
+    "set_aside",
+    "unreadable_records",
     "write_record",
 ]
 
@@ -108,6 +119,7 @@ class TrialRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
     node_id: str | None = None
+    pid: int | None = None
     error: str | None = None
     projection: dict[str, Any] = field(default_factory=dict)
     latency_ms: float | None = None
@@ -150,6 +162,45 @@ def write_record(out_dir: str | Path, record: TrialRecord) -> Path:
 
 def read_record(path: str | Path) -> TrialRecord:
     return TrialRecord.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+INVALID_DIR = "invalid"
+"""``DIR/trials/invalid/``: unreadable records set aside by ``search --resume`` (kept as found)."""
+
+
+def record_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable trial record, or None when it is one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON (cut off or damaged) at line {exc.lineno} column {exc.colno}: {exc.msg}"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"cannot be read: {exc}"
+    if not isinstance(data, dict):
+        return f"not a trial record (a JSON {type(data).__name__}, not an object)"
+    try:
+        TrialRecord.from_dict(data)
+    except TypeError as exc:
+        return f"not a trial record ({exc})"
+    return None
+
+
+def unreadable_records(out_dir: str | Path) -> list[tuple[Path, str]]:
+    """``(path, reason)`` of every ``DIR/trials/*.json`` that is not a readable trial record."""
+    paths = sorted(p for p in (Path(out_dir) / "trials").glob("*.json") if not p.name.startswith("."))
+    found = [(path, record_problem(path)) for path in paths]
+    return [(path, problem) for path, problem in found if problem is not None]
+
+
+def set_aside(path: Path) -> Path:
+    """Move the record ``path`` to ``trials/invalid/`` (a numbered name if one is there already)."""
+    folder = path.parent / INVALID_DIR
+    folder.mkdir(exist_ok=True)
+    target, index = folder / path.name, 1
+    while target.exists():
+        target, index = folder / f"{path.stem}.{index}{path.suffix}", index + 1
+    shutil.move(str(path), target)
+    return target
 
 
 def read_records(out_dir: str | Path) -> list[TrialRecord]:

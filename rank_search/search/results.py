@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +42,8 @@ import pandas as pd
 
 from ..errors import RankSearchError
 from ..outcomes import decode_outcomes
+from .records import INVALID_DIR, AshaSettings
 from .records import STATUSES as TRIAL_STATUSES
-from .records import AshaSettings
 
 if TYPE_CHECKING:
     from ..convert import LayerInfo
@@ -219,11 +220,24 @@ def load_trial_records(directory: str | Path) -> dict[str, dict[str, Any]]:
         raise SearchDirError(trials_dir, "no trial records (trials/*.json); nothing to analyze yet")
     records: dict[str, dict[str, Any]] = {}
     for path in paths:
-        record = _check_record(path, read_json(path, "trial record"))
+        try:
+            data = read_json(path, "trial record")
+        except SearchDirError as exc:  # cut off or damaged: never counted, never skipped silently
+            hint = "`rank-search search ... --resume` sets it aside"
+            raise SearchDirError(path, f"{exc.reason}; {hint}") from None
+        record = _check_record(path, data)
         trial_id = str(record["trial_id"])
         if trial_id in records:
             raise SearchDirError(path, f"duplicate trial_id {trial_id!r}")
         records[trial_id] = record
+    for path in sorted((trials_dir / INVALID_DIR).glob("*.json")):
+        if path.name.split(".")[0] in records:  # set aside, then rerun by --resume
+            continue
+        warnings.warn(
+            f"{path}: an unreadable trial record set aside by `search --resume`; "
+            f"trial {path.name.split('.')[0]} is not in these results",
+            stacklevel=2,
+        )
     return records
 
 

@@ -11,6 +11,8 @@ Output directory ``DIR`` (read by the analysis code; keep the layout)::
     DIR/trials/<id>.json   one record per trial (see records.py); trials/lost/ holds records of
                            trials a killed driver had started after Ray's last checkpoint
     DIR/best.json          rank config of the best fully trained trial, with provenance
+    DIR/trials/invalid/    unreadable trial records set aside by ``--resume`` (see records.py)
+    DIR/optuna.journal.bak the journal as found, when ``--resume`` cut a torn last entry off
 
 Before anything launches: the study, space, data, budget (:class:`BudgetError` with the
 smallest reachable budget) and starting points are checked; a latency budget's table is
@@ -25,17 +27,30 @@ resume after a kill continues from; a finished trial is known from its record, s
 :mod:`.trainable`), so Ray's forced experiment snapshot (``num_to_keep=1``) no longer follows
 every epoch and its warning about frequent snapshots stays on; Tune's CSV/JSON/TensorBoard
 loggers are off unless ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0`` is set; Optuna writes to a journal.
+
+Faults (issue 21, ``tests/test_faults.py``): a trial whose worker dies, that runs out of memory or
+raises is recorded ``failed`` and the search goes on. A cause outside the trials stops the search
+with :class:`~rank_search.errors.SearchStopped`, resumable: no space left on the device (any
+write of the driver, or a trial's), or the data root gone (seen when a trial fails). On
+``--resume`` a journal whose last entry is torn is cut back to its last whole entry (the original
+kept beside it) and unreadable trial records are set aside (:func:`.records.set_aside`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,9 +58,17 @@ from typing import TYPE_CHECKING, Any
 from .._io import atomic_write_json, atomic_write_text
 from .._rundir import refuse_other_kind
 from .._version import __version__
-from ..errors import ConfigError, RankSearchError
+from ..errors import ConfigError, RankSearchError, SearchStopped
 from .budget import MACS, CostModel, LatencyCost, check_budget, uniform_sample
-from .records import FINAL_STATUSES, UNIFORM_TAG, TrialRecord, read_records
+from .records import (
+    FINAL_STATUSES,
+    INVALID_DIR,
+    UNIFORM_TAG,
+    TrialRecord,
+    read_records,
+    set_aside,
+    unreadable_records,
+)
 from .space import ResolvedSpace, load_space, resolve_space, trials_warning
 from .study import Study, parse_study
 from .trainable import TrialSetup
@@ -53,7 +76,7 @@ from .trainable import TrialSetup
 if TYPE_CHECKING:
     from ..latency import LatencyBudget
 
-__all__ = ["SearchOutcome", "SearchPlan", "open_storage", "prepare", "run_search"]
+__all__ = ["SearchOutcome", "SearchPlan", "open_storage", "prepare", "repair_journal", "run_search"]
 
 MANIFEST = "search.json"
 FORMAT_ID = "rank-search/search"
@@ -62,6 +85,12 @@ OBJECT_STORE_BYTES = 256 * 2**20
 CHECKPOINT_INTERVAL_S = 600.0
 """A trial checkpoints after an epoch ending this long after its start or last checkpoint."""
 JOURNAL_PREFIX = "journal:"
+REUSE_TIMEOUT_S = "60"
+"""``TUNE_FUNCTION_THREAD_TIMEOUT_S`` for the workers: how long a reused worker waits for the last
+trial's thread to end before the next trial starts on it. Tune's default, 2 s, is too short on a
+busy machine: the next trial then errors before it runs, with no event a callback sees (found by
+``benchmarks/soak.py`` under a load average of 70 on 2 cores)."""
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -109,6 +138,7 @@ class SearchOutcome:
     front: list[TrialRecord] = field(default_factory=list)
     selection: str | None = None  # which rule chose the best and why (search.selection)
     tied: int = 1  # trials the paired test could not tell from the best (1: it told them apart)
+    left_out: list[str] = field(default_factory=list)  # ended trials whose record was unreadable
 
 
 # --- planning -------------------------------------------------------------------------------------
@@ -346,7 +376,12 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
 
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": worker_env()}
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", REUSE_TIMEOUT_S)
+    env_vars = {
+        **worker_env(),
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"],
+    }
+    runtime_env = {"env_vars": env_vars}
     level = logging.INFO if verbose else logging.WARNING
     if address:
         ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env, logging_level=level)
@@ -457,7 +492,13 @@ def _new_tuner(plan: SearchPlan, verbose: bool) -> Any:
         trial_name_creator=trial_dirname,
         trial_dirname_creator=trial_dirname,
     )
-    callback = RecordCallback(str(plan.out_dir), study.epochs_per_trial, study.trials, plan.space.dense_macs)
+    callback = RecordCallback(
+        str(plan.out_dir),
+        study.epochs_per_trial,
+        study.trials,
+        plan.space.dense_macs,
+        data_root=_data_root(study),
+    )
     run_config = tune.RunConfig(
         name=plan.study_name,
         storage_path=str(plan.out_dir / "ray"),
@@ -510,6 +551,69 @@ def _settle_ended_optuna_trials(plan: SearchPlan) -> None:
             study.tell(trial.number, [record.val_accuracy, _cost(record, plan.axis)])
         else:
             study.tell(trial.number, record.val_accuracy)
+
+
+def _repair_before_resume(plan: SearchPlan) -> None:
+    """Before ``--resume``: cut a torn last journal entry off, set unreadable trial records aside
+    (one line each), then settle the trials Optuna still holds running (see above)."""
+    if plan.storage_url.startswith(JOURNAL_PREFIX):
+        note = repair_journal(Path(plan.storage_url[len(JOURNAL_PREFIX) :]))
+        if note is not None:
+            _say(note)
+    for path, problem in unreadable_records(plan.out_dir):
+        target = set_aside(path)
+        _say(
+            f"{path}: {problem}; moved to {target.relative_to(plan.out_dir)}: the trial is rerun if "
+            "it had not ended, else left out of the results (never counted as a result)"
+        )
+    _settle_ended_optuna_trials(plan)
+
+
+def repair_journal(path: Path) -> str | None:
+    """Cut the Optuna journal ``path`` back to its last whole entry, or return None when it ends
+    with one. A torn last entry (the writer killed mid-append, a copy cut off) is ignored by
+    Optuna's reader, but the next append would be glued onto it and make the journal unreadable.
+    The original is kept as ``<name>.bak`` (numbered if taken); returns the line to print."""
+    if not path.is_file():
+        return None
+    data = path.read_bytes()  # a few kB a trial
+    if not data:
+        return None
+    keep = data.rfind(b"\n") + 1  # everything up to the last line end
+    if keep == len(data):  # ends with a line end: is that last line a whole entry?
+        start = data.rfind(b"\n", 0, max(0, keep - 1)) + 1
+        try:
+            json.loads(data[start:keep])
+            return None
+        except ValueError:
+            keep = start
+    backup, index = path.with_name(path.name + ".bak"), 1
+    while backup.exists():
+        backup, index = path.with_name(f"{path.name}.bak{index}"), index + 1
+    shutil.copyfile(path, backup)
+    os.truncate(path, keep)
+    entries = data[:keep].count(b"\n")
+    return (
+        f"{path}: the last entry is cut off ({len(data) - keep} bytes); kept the original as "
+        f"{backup.name} and cut the journal back to its last whole entry (entry {entries})"
+    )
+
+
+def _left_out(out: Path, records: list[TrialRecord]) -> list[str]:
+    """Trials whose unreadable record ``--resume`` set aside and that were not rerun."""
+    have = {r.trial_id for r in records}
+    folder = out / "trials" / INVALID_DIR
+    ids = {p.name.split(".")[0] for p in folder.glob("*.json")} if folder.is_dir() else set()
+    return sorted(ids - have)
+
+
+def _data_root(study: Study) -> str | None:
+    """The study's data folder (None for ``builtin``): a trial failing once it is gone stops the
+    search (:class:`.callbacks.RecordCallback`)."""
+    from ..data import parse_data_spec
+
+    root = parse_data_spec(study.data).root
+    return None if root is None else str(root.expanduser().resolve())
 
 
 def _fail_orphaned_optuna_trials(plan: SearchPlan) -> None:
@@ -585,8 +689,12 @@ def run_search(
     address: str | None = None,
     verbose: bool = False,
     retry_failed: bool = False,
+    sigterm_as_ctrl_c: bool = False,
 ) -> SearchOutcome:
-    """Run (or resume) ``study`` with results in ``out_dir``; see the module docstring."""
+    """Run (or resume) ``study`` with results in ``out_dir``; see the module docstring.
+    ``sigterm_as_ctrl_c`` (the CLI): once Ray is up, SIGTERM stops the search as Ctrl-C does."""
+    from .callbacks import stop_reason
+
     out = Path(out_dir).resolve()
     begin = time.perf_counter()
     _say(f"checking the study, data and budget of {study.name} ...")
@@ -594,34 +702,85 @@ def run_search(
     if warning := trials_warning(plan.space, study.trials):
         _say(f"warning: {warning}")
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        _write_study(plan)
-    atomic_write_json(out / MANIFEST, _manifest(plan, "running", started, None))
-    status = "interrupted"
-    shutdown = _init_ray(address, verbose)
+    status, done = "interrupted", False
+    shutdown = False
     try:
+        if not resume:
+            _write_study(plan)
+        atomic_write_json(out / MANIFEST, _manifest(plan, "running", started, None))
+        shutdown = _init_ray(address, verbose)
+        stop_reason(out, clear=True)
         if resume:
-            _settle_ended_optuna_trials(plan)
+            _repair_before_resume(plan)
         tuner = _restored_tuner(plan, retry_failed) if resume else _new_tuner(plan, verbose)
         _say(
             f"{'resuming' if resume else 'running'} {plan.study.trials} trials of "
             f"{plan.study.epochs_per_trial} epochs ({time.perf_counter() - begin:.0f} s to start); "
             "a line per trial as it ends"
         )
-        tuner.fit()
-        # the records count (a trial that ended after Ray's last snapshot of a killed driver is
-        # kept from its record, not rerun): every planned trial ended, and none was cut off
-        records = read_records(plan.out_dir)
-        ended = sum(r.status in FINAL_STATUSES for r in records)
-        cut = any(r.status in ("running", "interrupted") for r in records)
-        status = "finished" if ended >= plan.study.trials and not cut else "interrupted"
-        if status == "finished":
-            _fail_orphaned_optuna_trials(plan)
-        outcome = _finish(plan, status)
+        with _sigterm_as_interrupt(sigterm_as_ctrl_c):
+            tuner.fit()
+        reason = stop_reason(out, clear=True)
+        if reason is not None:
+            raise SearchStopped(reason)
+        outcome = _outcome(plan)
+        status, done = outcome.status, True
+    except OSError as exc:
+        if exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        raise SearchStopped.no_space(exc.filename or out) from None
     finally:
-        atomic_write_json(out / MANIFEST, _manifest(plan, status, started, _now()))
+        _close_manifest(plan, status, started, raise_errors=done)
         if shutdown:
             import ray
 
             ray.shutdown()
     return outcome
+
+
+def _outcome(plan: SearchPlan) -> SearchOutcome:
+    """The ended search: finished when every planned trial ended (the records count: a trial that
+    ended after Ray's last snapshot of a killed driver is kept from its record, not rerun; an ended
+    trial whose record was unreadable counts, left out) and none was cut off."""
+    records = read_records(plan.out_dir)
+    left_out = _left_out(plan.out_dir, records)
+    ended = sum(r.status in FINAL_STATUSES for r in records) + len(left_out)
+    cut = any(r.status in ("running", "interrupted") for r in records)
+    status = "finished" if ended >= plan.study.trials and not cut else "interrupted"
+    if status == "finished":
+        _fail_orphaned_optuna_trials(plan)
+    outcome = _finish(plan, status)
+    outcome.left_out = left_out
+    return outcome
+
+
+def _term_as_interrupt(signum: int, frame: Any) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+@contextmanager
+def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
+    """While the trials run, SIGTERM (how job schedulers stop a job) does what Ctrl-C does: Tune
+    stops, keeps the running trials for ``--resume`` and ``fit`` returns. Set after ``ray.init``,
+    which installs its own SIGTERM handler (exit at once); that one is put back after."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _term_as_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _close_manifest(plan: SearchPlan, status: str, started: str, *, raise_errors: bool) -> None:
+    """Write the manifest's final status. On a full disk while another error is on its way, the
+    manifest keeps ``running`` (a search ``--resume`` continues) and that error is the one told."""
+    try:
+        atomic_write_json(plan.out_dir / MANIFEST, _manifest(plan, status, started, _now()))
+    except OSError as exc:
+        if not raise_errors:
+            return
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise SearchStopped.no_space(exc.filename or plan.out_dir) from None
+        raise

@@ -29,7 +29,11 @@ __all__ = ["CONFIG_KEY", "FAULT_ENV", "TAG_ATTR", "SpaceFunction", "default_samp
 CONFIG_KEY = "rank_search"
 TAG_ATTR = "rank_search_tag"
 FAULT_ENV = "RANK_SEARCH_TEST_FAULTS"
-"""Test hook, read in the driver: ``"2:diverge,5:error"`` makes those Optuna trial numbers fail."""
+"""Test hook, read in the driver: ``"2:diverge,5:error"`` makes those Optuna trial numbers fail.
+Kinds (the trainable acts on them): ``error`` (raises before training), ``diverge`` (after the
+first epoch), ``oom`` / ``memory`` (``torch.cuda.OutOfMemoryError`` / ``MemoryError`` after the
+first epoch) and ``pause`` (after the first epoch's record, wait for ``trials/<id>.continue``:
+a test kills the worker or removes the data meanwhile)."""
 
 
 def _injected_fault(number: int) -> str | None:

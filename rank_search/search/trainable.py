@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..outcomes import encode_outcomes
-from .records import TrialRecord, read_record, record_path, write_record
+from .records import TrialRecord, read_record, record_path, record_problem, write_record
 from .searcher import CONFIG_KEY
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["TrialDiverged", "TrialSetup", "train_trial"]
 
 STATE_FILE = "state.pt"
+PAUSE_LIMIT_S = 600.0
+"""The ``pause`` test fault waits at most this long for its ``.continue`` file."""
 
 
 class TrialDiverged(RuntimeError):
@@ -158,6 +161,10 @@ class _EpochReporter:
             record.val_outcomes = encode_outcomes(stats.val_correct)
         record.status = "completed" if stats.epoch >= record.epochs_planned else "running"
         write_record(self.setup.out_dir, record)
+        if stats.epoch == 1:  # test faults after a first recorded epoch (searcher.FAULT_ENV)
+            _raise_memory_fault(self.fault)
+            if self.fault == "pause":
+                _pause(Path(self.setup.out_dir), record.trial_id)
         metrics = {
             "val_accuracy": float(stats.val_accuracy),
             "macs": int(stats.macs),
@@ -180,6 +187,41 @@ class _EpochReporter:
         self.record.status = status
         self.record.error = message
         write_record(self.setup.out_dir, self.record)
+
+
+def _raise_memory_fault(fault: str | None) -> None:
+    """The ``oom`` / ``memory`` test faults: out of (GPU / host) memory after the first epoch."""
+    if fault == "oom":
+        import torch
+
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (test fault)")
+    if fault == "memory":
+        raise MemoryError("injected (test fault)")
+
+
+def _pause(out_dir: Path, trial_id: str) -> None:
+    """The ``pause`` test fault: wait until ``trials/<trial_id>.continue`` exists."""
+    release = out_dir / "trials" / f"{trial_id}.continue"
+    deadline = time.monotonic() + PAUSE_LIMIT_S
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line for a trial's record: the exception's type and first line, with a hint when the
+    trial ran out of memory (host ``MemoryError`` or ``torch.cuda.OutOfMemoryError``)."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        text += " (out of memory: a smaller train.batch_size or fewer concurrent trials may fit)"
+    return text[:500]
+
+
+def _previous_record(path: Path) -> TrialRecord | None:
+    """The trial's record from before a restart, or None (none, or unreadable: train afresh)."""
+    if not path.is_file() or record_problem(path) is not None:
+        return None
+    return read_record(path)
 
 
 def _set_history(record: TrialRecord, rows: list[dict[str, Any]]) -> None:
@@ -253,11 +295,10 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     apply_gpu_share(_trial_gpu_share())  # cap memory, no cuDNN autotuning on a shared GPU
     rank_config = planned_rank_config(plan, setup)
     record = new_record(trial_id, plan, setup, rank_config)
-    record.node_id = node_id
+    record.node_id, record.pid = node_id, os.getpid()
     record.threads = thread_report()
-    previous = record_path(setup.out_dir, trial_id)
-    if previous.is_file():  # resumed: keep what was reached until the checkpoint says otherwise
-        old = read_record(previous)
+    old = _previous_record(record_path(setup.out_dir, trial_id))
+    if old is not None:  # resumed: keep what was reached until the checkpoint says otherwise
         if old.status in ("completed", "stopped") and old.history:
             _replay(old)
             return
@@ -278,7 +319,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         reporter.fail("diverged", str(exc))
         raise
     except Exception as exc:
-        reporter.fail("failed", f"{type(exc).__name__}: {exc}")
+        reporter.fail("failed", failure_text(exc))
         raise
     if result.status == "diverged":
         reporter.fail("diverged", result.message)
