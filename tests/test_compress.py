@@ -26,7 +26,7 @@ SIZE = (3, 32, 32)
 
 
 def _space(model: str = "resnet20", size: tuple[int, int, int] = SIZE) -> ResolvedSpace:
-    path = find_named_file("cifar-resnet", "spaces")
+    path = find_named_file("cifar-resnet-per-layer", "spaces")
     assert path is not None
     infos = list_factorizable(create_model(model), size)
     return resolve_space(load_space(path), model, infos, input_size=size)
