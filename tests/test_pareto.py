@@ -249,6 +249,21 @@ def test_equal_costs_prefer_the_uniform_starting_point() -> None:
     assert select_at_budget(frame, 500)["trial_id"].tolist() == ["s"]
 
 
+def test_a_tied_config_must_save_ten_percent_to_replace_the_uniform_point() -> None:
+    """The issue-20 rerun at 0.50: a tied config 3% cheaper than uniform lost 2.3 points in full
+    training. Tied configs less than 10% cheaper than the uniform point do not replace it; one
+    more than 10% cheaper does."""
+    rows = [("u", 500, 0), ("s", 499, 0), ("aggressive", 487, 0)]
+    frame = _paired(trials(*rows), "u", {"s": (30, 20), "aggressive": (20, 20)})
+    chosen = select_at_budget(frame, 500, top=3)
+    assert chosen["trial_id"].tolist()[0] == "u"
+    assert "chose the uniform starting point, trial u" in str(selection_note(chosen))
+    assert "no tied trial costs 10% less" in str(selection_note(chosen))
+    rows = [("u", 500, 0), ("s", 499, 0), ("cheap", 440, 0)]
+    frame = _paired(trials(*rows), "u", {"s": (30, 20), "cheap": (20, 20)})
+    assert select_at_budget(frame, 500)["trial_id"].tolist() == ["cheap"]
+
+
 def test_records_without_outcomes_select_plain_best() -> None:
     rows = [("u", 500, 0.4495), ("s", 499, 0.4635), ("t", 400, 0.455)]
     chosen = select_at_budget(trials(*rows), 500, top=3)

@@ -451,11 +451,13 @@ def _searcher(plan: SearchPlan) -> Any:
 
 
 def _scheduler(study: Study) -> Any:
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from .scheduler import StartingPointASHA
 
     if not study.asha.enabled:
         return FIFOScheduler()
-    return ASHAScheduler(
+    return StartingPointASHA(
         metric=METRIC,
         mode="max",
         time_attr="training_iteration",

@@ -139,9 +139,13 @@ ALPHA = 0.05
 """Significance level of the paired test: a trial is *beaten* by the best trial when McNemar's
 one-sided exact test on their per-image validation outcomes gives ``p < ALPHA``."""
 
-COST_TIE = 0.02
-"""Costs within this fraction of the cheapest tied trial's count as the same cost (projected
-configs all land just under the budget); among those the uniform starting point is preferred."""
+COST_TIE = 0.10
+"""Costs within this fraction of the cheapest tied trial's count as the same cost; among those the
+uniform starting point is preferred, then the better metric. So a tied config is exported instead
+of the uniform point only when it saves more than 10% of the cost: in the issue-20 rerun of the CPU
+evidence a tied config 3% cheaper than uniform lost 2.3 points in full training, a loss the short
+trials could not see (benchmarks/RESULTS.md). Projected configs all land just under the budget, so
+at one budget this mostly keeps the uniform point unless a much cheaper config ties with it."""
 
 SELECTION_NOTE = "selection_note"
 SELECTION = "selection"
@@ -213,14 +217,13 @@ def _paired_order(ranked: pd.DataFrame, metric: str, axis: str, alpha: float) ->
         )
         note = (
             f"{len(tied)} trials within the budget are statistically tied with the best trial "
-            f"{best['trial_id']} ({metric} {best[metric]:.4f}; {rule}); chose the cheapest of them, "
-            f"trial {chosen['trial_id']} ({metric} {chosen[metric]:.4f}{vs}"
+            f"{best['trial_id']} ({metric} {best[metric]:.4f}; {rule}); chose "
             + (
-                ", the uniform starting point"
+                f"the uniform starting point, trial {chosen['trial_id']} ({metric} "
+                f"{chosen[metric]:.4f}{vs}): no tied trial costs {COST_TIE:.0%} less"
                 if has_tag(tied.loc[[chosen.name]], UNIFORM_TAG).iloc[0]
-                else ""
+                else f"the cheapest of them, trial {chosen['trial_id']} ({metric} {chosen[metric]:.4f}{vs})"
             )
-            + ")"
         )
     summary["chosen"] = str(chosen["trial_id"])
     out.attrs[SELECTION] = summary
@@ -265,9 +268,10 @@ def select_at_budget(
        one-sided exact test on the per-image validation outcomes (:mod:`rank_search.outcomes`),
        ``p >= alpha``. All trials of a search see the same validation images, so the test
        compares configs, not draws of images;
-    3. the cheapest tied trial is chosen (costs within :data:`COST_TIE` tie, then the uniform
-       starting point, then the better metric); the other tied trials follow, cheapest first,
-       then the beaten ones by ``metric``.
+    3. the cheapest tied trial is chosen, where costs within :data:`COST_TIE` (10%) of the
+       cheapest count as equal and then the uniform starting point wins, then the better metric:
+       a config must save more than 10% to replace the uniform point. The other tied trials
+       follow, cheapest first, then the beaten ones by ``metric``.
 
     Trials without outcomes (or of other images) count as beaten. Without outcomes for the best
     trial, with ``alpha=0`` or another ``metric`` the order is plain best-first.
