@@ -445,11 +445,6 @@ def _image_folder(root: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 21): in the full slow lane Ray's logger in the driver sometimes writes to a closed "
-    "stream at shutdown ('--- Logging error ---' traceback); exit code and the one line are right",
-)
 def test_a_removed_data_root_stops_the_search(
     ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
