@@ -14,4 +14,4 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # that captures stderr (capsys), it keeps that test's stream, closed after it: a later Optuna
 # warning (a failed trial is told FAIL) then prints "--- Logging error ---" into another test's
 # output (issue 21, the removed-data-root fault test). Import it here, under pytest's session capture.
-import optuna  # noqa: E402,F401
+import optuna  # noqa: F401

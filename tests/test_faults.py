@@ -38,6 +38,7 @@ from typing import IO, Any
 import optuna
 import pytest
 import yaml
+from fixtures.processes import descends_from, local_ray
 
 from rank_search import _io
 from rank_search.cli import main
@@ -107,19 +108,6 @@ def assert_agree(out: Path, trials: int, left_out: tuple[int, ...] = ()) -> dict
     return records
 
 
-def descends_from(pid: int, ancestor: int) -> bool:
-    """Whether ``pid`` is ``ancestor`` or one of its descendants (from /proc)."""
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        pid = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state is the parent
-    return False
-
-
 def wait_for(check: Callable[[], Any], what: str, alive: Callable[[], bool] = lambda: True) -> Any:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
@@ -163,20 +151,8 @@ def one_line(text: str, start: str) -> str:
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """One local Ray for the in-process searches of this module (or the one already running)."""
-    import ray
-
-    if ray.is_initialized():
+    with local_ray():
         yield
-        return
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as run_search does (a busy machine)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a throwaway cluster: no token in ~/.ray
-    ray.init(
-        num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 # --- no Ray: the pieces -------------------------------------------------------------------------------
@@ -275,6 +251,28 @@ def test_sigterm_is_ctrl_c_while_a_search_runs() -> None:
 # --- Ray: whole searches ------------------------------------------------------------------------------
 
 
+def search_with_fault_under_trial_1(
+    study: Path, out: Path, faults: str, inject: Callable[[TrialRecord], None]
+) -> int:
+    """``rank-search search`` in this process with ``FAULT_ENV=faults`` (``1:pause`` among them):
+    once trial #1 has trained an epoch and paused, ``inject(its record)`` runs in a thread."""
+    done = threading.Event()
+
+    def under_trial_1() -> None:
+        inject(wait_for(paused_record(out, 1), "trial #1 trained an epoch", lambda: not done.is_set()))
+
+    thread = threading.Thread(target=under_trial_1, daemon=True)
+    mp = pytest.MonkeyPatch()
+    mp.setenv(FAULT_ENV, faults)
+    thread.start()
+    try:
+        return main(["search", str(study), "-o", str(out)])
+    finally:
+        done.set()
+        mp.undo()
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def faulty_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One search of 5 trials: #1 has its worker SIGKILLed while it trains, #2 runs out of GPU
@@ -284,23 +282,12 @@ def faulty_search(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> 
     out = tmp / "out"
     killed: list[TrialRecord] = []
 
-    def kill_trial_1() -> None:
-        record = wait_for(paused_record(out, 1), "trial #1 trained an epoch", lambda: not done.is_set())
+    def kill_trial_1(record: TrialRecord) -> None:
         assert record.pid is not None and descends_from(record.pid, os.getpid()), record.pid
         os.kill(record.pid, signal.SIGKILL)
         killed.append(record)
 
-    done = threading.Event()
-    killer = threading.Thread(target=kill_trial_1, daemon=True)
-    mp = pytest.MonkeyPatch()
-    mp.setenv(FAULT_ENV, "1:pause,2:oom,3:memory")
-    killer.start()
-    try:
-        code = main(["search", str(study), "-o", str(out)])
-    finally:
-        done.set()
-        mp.undo()
-        killer.join(timeout=10)
+    code = search_with_fault_under_trial_1(study, out, "1:pause,2:oom,3:memory", kill_trial_1)
     assert code == 0 and killed
     return out, killed[0].trial_id
 
@@ -446,7 +433,7 @@ def _image_folder(root: Path) -> None:
 
 @pytest.mark.slow
 def test_a_removed_data_root_stops_the_search(
-    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ray_local: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
 
@@ -456,21 +443,11 @@ def test_a_removed_data_root_stops_the_search(
     study = write_study(tmp_path, "gone", data=f"imagefolder:{root}", data_options=options)
     out = tmp_path / "out"
 
-    def remove_root_under_trial_1() -> None:
-        record = wait_for(paused_record(out, 1), "trial #1 trained an epoch", lambda: not done.is_set())
+    def remove_root(record: TrialRecord) -> None:
         shutil.rmtree(root)
         release(out, record.trial_id)
 
-    done = threading.Event()
-    remover = threading.Thread(target=remove_root_under_trial_1, daemon=True)
-    monkeypatch.setenv(FAULT_ENV, "1:pause")
-    remover.start()
-    try:
-        code = main(["search", str(study), "-o", str(out)])
-    finally:
-        done.set()
-        remover.join(timeout=10)
-    assert code == 3
+    assert search_with_fault_under_trial_1(study, out, "1:pause", remove_root) == 3
     line = one_line(capsys.readouterr().err, f"error: search stopped: the data root {root} is gone")
     assert f"continue it with: rank-search search {study} -o {out} --resume" in line
     records = {r.optuna_trial_number: r for r in read_records(out)}
@@ -478,7 +455,6 @@ def test_a_removed_data_root_stops_the_search(
     assert 2 not in records or records[2].status == "interrupted"  # no trial launched after it
     assert json.loads((out / "search.json").read_text())["status"] == "interrupted"
     _image_folder(root)  # the data is back
-    monkeypatch.delenv(FAULT_ENV)
     assert main(["search", str(study), "-o", str(out), "--resume"]) == 0
     records = assert_agree(out, 3)
     assert records[1].status == "failed" and records[2].status == "completed"

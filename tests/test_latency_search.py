@@ -15,6 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from fixtures.processes import local_ray
 from fixtures.timing import macs_model_timer, macs_timer
 
 from rank_search.analysis.pipeline import compute_analysis
@@ -170,18 +171,8 @@ def test_budget_below_smallest_reachable_latency_names_it(mixed: tuple[ResolvedS
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
     """Ray for this module (reused, and left running, if another module started it)."""
-    import ray
-
-    if ray.is_initialized():
+    with local_ray():
         yield
-        return
-    ray.init(
-        num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 STUDY: dict[str, Any] = {

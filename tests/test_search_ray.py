@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from fixtures.processes import local_ray
 
 from rank_search.config import load_rank_config
 from rank_search.outcomes import decode_outcomes
@@ -93,18 +94,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    import ray
-
-    # as run_search does when it starts Ray itself: Ray renices its workers to 15 by default, and
-    # on a busy machine the trials then get a few percent of a core (a search takes many minutes)
-    os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(
-        num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=100 * 2**20, log_to_driver=False
-    )
-    try:
+    with local_ray():
         yield
-    finally:
-        ray.shutdown()
 
 
 def make_study(tmp_path: Path, name: str, **changes: Any) -> tuple[Path, Study]:
