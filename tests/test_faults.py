@@ -242,10 +242,31 @@ def test_sigterm_is_ctrl_c_while_a_search_runs() -> None:
     from rank_search.search.runner import _sigterm_as_interrupt
 
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt(True):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises at once
+    sigint = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as Python's default
+    try:
+        with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt(True):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at once
+    finally:
+        signal.signal(signal.SIGINT, sigint)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_signal_handlers_tune_leaves_behind_are_put_back(enabled: bool) -> None:
+    """Tune's ``fit`` installs SIGINT and SIGUSR1 handlers and keeps them after a normal end: a
+    later Ctrl-C in the same process (a notebook) would only set a stale flag."""
+    from rank_search.search.runner import _sigterm_as_interrupt
+
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM)}
+
+    def tunes_handler(signum: int, frame: Any) -> None:
+        pass
+
+    with _sigterm_as_interrupt(enabled):
+        signal.signal(signal.SIGINT, tunes_handler)  # what Tune's fit does
+        signal.signal(signal.SIGUSR1, tunes_handler)
+    assert {sig: signal.getsignal(sig) for sig in kept} == kept
 
 
 # --- Ray: whole searches ------------------------------------------------------------------------------

@@ -204,10 +204,12 @@ def test_two_searches_in_one_process(ray_session: None, tmp_path: Path) -> None:
     _, second = make_study(
         tmp_path, "second", mode="front", sampler="nsga2", budget={"fraction": 0.6}, **tiny
     )
+    ctrl_c = signal.getsignal(signal.SIGINT)
     for study in (first, second):
         out = tmp_path / study.name
         assert run_search(study, out).status == "finished"
         check_output(out, 2)
+        assert signal.getsignal(signal.SIGINT) is ctrl_c  # Tune's handler is not left behind
 
 
 def cli(*args: str) -> list[str]:

@@ -764,15 +764,23 @@ def _term_as_interrupt(signum: int, frame: Any) -> None:
 def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
     """While the trials run, SIGTERM (how job schedulers stop a job) does what Ctrl-C does: Tune
     stops, keeps the running trials for ``--resume`` and ``fit`` returns. Set after ``ray.init``,
-    which installs its own SIGTERM handler (exit at once); that one is put back after."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    which installs its own SIGTERM handler (exit at once); that one is put back after.
+
+    Tune installs its own SIGINT and SIGUSR1 handlers in ``fit`` and leaves them installed when
+    the run ends normally: the next Ctrl-C in this process (a notebook's) would only set a stale
+    flag of a finished run. Both are put back as they were, whether or not ``enabled``."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _term_as_interrupt)
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM)}
+    if enabled:
+        signal.signal(signal.SIGTERM, _term_as_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in kept.items():
+            if handler is not None:  # None: set from C, cannot be put back from Python
+                signal.signal(sig, handler)
 
 
 def _close_manifest(plan: SearchPlan, status: str, started: str, *, raise_errors: bool) -> None:
