@@ -236,8 +236,14 @@ class Run:
     seed: int
 
     def key(self) -> str:
-        """Identity of what is trained: the config's content (or model name) and the seed."""
-        what = self.arm.model or hashlib.sha256(Path(str(self.arm.config_path)).read_bytes()).hexdigest()
+        """Identity of what is trained: the config's content without its provenance (or the model
+        name) and the seed. A search that exports its uniform starting point and the uniform
+        config at the same MACs differ only in provenance: one training serves both."""
+        if self.arm.model:
+            return f"{self.arm.model}:{self.seed}"
+        data = json.loads(Path(str(self.arm.config_path)).read_text())
+        data.pop("provenance", None)
+        what = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
         return f"{what}:{self.seed}"
 
 
