@@ -57,3 +57,25 @@ def test_time_to_reach(run_all: ModuleType) -> None:
     assert run_all.time_to_reach(curve, 50.0) == 2.0
     assert run_all.time_to_reach(curve, 60.0) is None
     assert run_all.time_to_reach(curve, None) is None
+
+
+def test_a_training_is_keyed_by_its_config_without_provenance(run_all: ModuleType, tmp_path: Path) -> None:
+    import json
+
+    from common import Arm
+
+    config = {"model": "resnet20", "layers": {"a": {"format": "tucker2", "ranks": [4, 4]}}}
+    exported = tmp_path / "exported.json"
+    uniform = tmp_path / "uniform.json"
+    other = tmp_path / "other.json"
+    exported.write_text(json.dumps({**config, "provenance": {"trial_id": "t1", "selection": "uniform"}}))
+    uniform.write_text(json.dumps({"provenance": {"source": "uniform"}, **config}, indent=2))
+    other.write_text(json.dumps({**config, "layers": {"a": {"format": "tucker2", "ranks": [4, 5]}}}))
+
+    def key(path: Path, seed: int = 0) -> str:
+        return str(run_all.Run(Arm("x", config_path=path), seed).key())
+
+    assert key(exported) == key(uniform)  # one training serves both
+    assert key(exported) != key(other)
+    assert key(exported, 0) != key(exported, 1)
+    assert run_all.Run(Arm("dense", model="resnet20"), 2).key() == "resnet20:2"
