@@ -228,6 +228,14 @@ def summarize(
             for e in range(1, epochs + 1)
         }
         taus["min_ratio"] = kendall([r["min_ratio"] for r in rows], target)
+        # the ceiling set by the validation images: the full run's own val accuracy (same 2k-image
+        # size as a trial's) after each epoch, against its test accuracy on the whole test split
+        full_epochs = len(jobs[(names[0], "full")]["history"])
+        taus["full_val_accuracy_by_epoch"] = {
+            e: kendall([jobs[(n, "full")]["history"][e - 1]["val_accuracy"] for n in names], target)
+            for e in range(1, full_epochs + 1)
+        }
+        taus["null_sd"] = math.sqrt(2 * (2 * len(names) + 5) / (9 * len(names) * (len(names) - 1)))
     return {"rows": rows, "kendall_tau": taus, "configs": len(names)}
 
 
@@ -267,6 +275,13 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> str:
             "",
             "By trial length (val accuracy after epoch e): "
             + ", ".join(f"{e}: {t:+.3f}" for e, t in taus["val_accuracy_by_epoch"].items()),
+            "",
+            "Full run's own val accuracy after epoch e (the ceiling of a score on this many"
+            " validation images): "
+            + ", ".join(f"{e}: {t:+.3f}" for e, t in taus["full_val_accuracy_by_epoch"].items()),
+            "",
+            f"Standard deviation of tau between unrelated rankings of {summary['configs']} configs:"
+            f" {taus['null_sd']:.3f}.",
         ]
     return "\n".join(lines) + "\n"
 
