@@ -97,9 +97,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         print(f"continue the search with:\n  {resume_command(args)}")
     if study.mode == "front" and outcome.front:
         rows = [(r.trial_id, r.macs, human(r.macs), round(r.val_accuracy or 0.0, 4)) for r in outcome.front]
-        print(
-            "Pareto front of fully trained trials:\n" + format_table(["trial", "MACs", "", "val_acc"], rows)
-        )
+        header = ["trial", "MACs", "(short)", "val_acc"]
+        print("Pareto front of fully trained trials:\n" + format_table(header, rows))
     if outcome.best is None or outcome.best_path is None:
         print("no trial completed all its epochs: no best config")
         return 1 if outcome.status == "finished" else 130
