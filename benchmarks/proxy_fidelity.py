@@ -186,6 +186,12 @@ def kendall(a: list[float], b: list[float]) -> float:
     return float(kendalltau(a, b).statistic)
 
 
+def tau_by_epoch(runs: list[dict[str, Any]], target: list[float]) -> dict[int, float]:
+    """Kendall tau of the runs' val accuracy after each epoch against ``target``."""
+    epochs = range(1, len(runs[0]["history"]) + 1)
+    return {e: kendall([r["history"][e - 1]["val_accuracy"] for r in runs], target) for e in epochs}
+
+
 def paired_scores(trials: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Each trial's paired z against the uniform trial (0 for the uniform one)."""
     base = decode_outcomes(trials["uniform"]["val_outcomes"])
@@ -222,19 +228,11 @@ def summarize(
         taus["val_accuracy"] = kendall([r["trial_val_accuracy"] for r in rows], target)
         taus["neg_val_loss"] = kendall([-r["trial_val_loss"] for r in rows], target)
         taus["paired_z"] = kendall([r["trial_paired_z"] for r in rows], target)
-        epochs = len(trials[names[0]]["history"])
-        taus["val_accuracy_by_epoch"] = {
-            e: kendall([trials[n]["history"][e - 1]["val_accuracy"] for n in names], target)
-            for e in range(1, epochs + 1)
-        }
+        taus["val_accuracy_by_epoch"] = tau_by_epoch([trials[n] for n in names], target)
         taus["min_ratio"] = kendall([r["min_ratio"] for r in rows], target)
         # the ceiling set by the validation images: the full run's own val accuracy (same 2k-image
         # size as a trial's) after each epoch, against its test accuracy on the whole test split
-        full_epochs = len(jobs[(names[0], "full")]["history"])
-        taus["full_val_accuracy_by_epoch"] = {
-            e: kendall([jobs[(n, "full")]["history"][e - 1]["val_accuracy"] for n in names], target)
-            for e in range(1, full_epochs + 1)
-        }
+        taus["full_val_accuracy_by_epoch"] = tau_by_epoch([jobs[(n, "full")] for n in names], target)
         taus["null_sd"] = math.sqrt(2 * (2 * len(names) + 5) / (9 * len(names) * (len(names) - 1)))
     return {"rows": rows, "kendall_tau": taus, "configs": len(names)}
 
